@@ -1,0 +1,70 @@
+"""Domain errors of the join engine.
+
+Every error names what a physicist needs to find the problem: the file, the tree, the column and a few of
+the offending keys. Each subclasses the builtin that callers already catch, and permanent problems (a bad
+spec, a broken file, duplicate keys) are separate types from anything retryable, so that a worker decides
+its policy from the type alone, never from a message string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class JoinError(Exception):
+    """Base of every error raised by the join engine. Errors of this type are permanent for their input."""
+
+
+class SpecError(JoinError, ValueError):
+    """The join spec is invalid: the message names the field and what is wrong with it."""
+
+
+class InputFileError(JoinError, OSError):
+    """An input file cannot be read as asked: missing, truncated, not ROOT/Parquet, or no such tree."""
+
+    def __init__(self, message: str, *, path: str | None = None, tree: str | None = None) -> None:
+        self.path = path
+        self.tree = tree
+        where = ""
+        if path is not None:
+            where = f" [file {path}" + (f", tree {tree}" if tree else "") + "]"
+        super().__init__(message + where)
+
+
+class MissingColumnError(InputFileError, KeyError):
+    """A requested column (or key column) is absent from a file."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class KeyTypeError(JoinError, TypeError):
+    """A key column is not of an integer type (or holds missing values)."""
+
+
+class DuplicateKeyError(JoinError, ValueError):
+    """A dataset holds the same event key more than once and the spec does not allow it."""
+
+    def __init__(self, dataset: str, examples: Sequence[tuple[tuple[int, ...], Sequence[str]]], total: int) -> None:
+        self.dataset = dataset
+        self.examples = list(examples)
+        self.total = total
+        shown = "; ".join(f"{key} in {', '.join(sorted(set(files)))}" for key, files in self.examples)
+        super().__init__(
+            f"{total} duplicate event key(s) in {dataset} (set `duplicates: first` to keep the first): {shown}"
+        )
+
+
+class KeyMismatchError(JoinError, RuntimeError):
+    """A gathered friend row does not carry the primary row's key: the join would have mixed events."""
+
+    def __init__(self, friend: str, examples: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], total: int) -> None:
+        self.friend = friend
+        self.examples = list(examples)
+        self.total = total
+        shown = "; ".join(f"primary {p} vs friend {f}" for p, f in self.examples)
+        super().__init__(f"integrity check failed for friend {friend!r}: {total} row(s) with other keys: {shown}")
+
+
+class SchemaError(JoinError, ValueError):
+    """The joined columns cannot form one table: a name collision, or a type the output cannot hold."""

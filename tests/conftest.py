@@ -1,0 +1,10 @@
+"""Shared pytest configuration: real data files and the local services the integration tests use.
+
+Fixtures live in `tests/fixtures/<topic>.py`, one module per service or data source.
+"""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.fixtures.data",
+]

@@ -1,0 +1,1 @@
+"""The ServiceX-compatible service around the join engine: worker, code generator, science entry, CLI."""
