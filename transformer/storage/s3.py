@@ -1,0 +1,194 @@
+"""The S3-compatible object store (MinIO in ServiceX) through the `minio` client.
+
+Owns: uploading result objects into a request's bucket, reading back their size, and the
+content-addressed key-index fragment cache (`S3FragmentStore`, the engine's `FragmentStore` protocol).
+Every failure is translated into `StorageError` (retryable); a missing object is `None`, not an error. It
+does not retry by itself (callers own the policy), apart from the HTTP pool's short connection retries.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from transformer.errors import StorageError
+from transformer.settings import ObjectStoreSettings
+
+log = logging.getLogger(__name__)
+
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
+_BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _http_client(connect_timeout: float, read_timeout: float) -> urllib3.PoolManager:
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        maxsize=4,
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
+class S3Store:
+    """A thin, error-translating wrapper around one `minio.Minio` client.
+
+    Args:
+        settings: the object-store settings (`MINIO_URL`, keys, `MINIO_ENCRYPT`).
+        connect_timeout: seconds to open a connection.
+        read_timeout: seconds to wait for a response.
+
+    Raises:
+        StorageError: when no object store is configured.
+    """
+
+    def __init__(
+        self, settings: ObjectStoreSettings, *, connect_timeout: float = 5.0, read_timeout: float = 120.0
+    ) -> None:
+        if settings.url is None:
+            raise StorageError("no object store configured: set MINIO_URL (host:port)")
+        self.settings = settings
+        self.client = Minio(
+            settings.url,
+            access_key=settings.access_key.get_secret_value() if settings.access_key else None,
+            secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+            secure=settings.encrypt,
+            region=settings.region,
+            http_client=_http_client(connect_timeout, read_timeout),
+        )
+        self._known_buckets: set[str] = set()
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create `bucket` unless it exists (safe when several workers race to create it)."""
+        if bucket in self._known_buckets:
+            return
+        try:
+            if not self.client.bucket_exists(bucket):
+                try:
+                    self.client.make_bucket(bucket)
+                except S3Error as error:
+                    if error.code not in _BUCKET_EXISTS_CODES:
+                        raise
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"cannot create or check bucket: {error}", bucket=bucket) from error
+        self._known_buckets.add(bucket)
+
+    def upload_file(self, bucket: str, name: str, path: Path) -> int:
+        """Upload a local file as one object (overwriting any previous one) and return the stored size.
+
+        The size is read back from the store, so it is what a client downloading the object receives.
+        """
+        self.ensure_bucket(bucket)
+        try:
+            self.client.fput_object(bucket, name, str(path))
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"upload of {path} failed: {error}", bucket=bucket, name=name) from error
+        size = self.size(bucket, name)
+        if size is None:
+            raise StorageError("object missing right after its upload", bucket=bucket, name=name)
+        return size
+
+    def size(self, bucket: str, name: str) -> int | None:
+        """The size of an object, or None if it (or its bucket) does not exist."""
+        try:
+            stat = self.client.stat_object(bucket, name)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                return None
+            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
+        return int(stat.size or 0)
+
+    def get_bytes(self, bucket: str, name: str) -> bytes | None:
+        """The whole object, or None if it (or its bucket) does not exist."""
+        try:
+            response = self.client.get_object(bucket, name)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                return None
+            raise StorageError(f"read failed: {error}", bucket=bucket, name=name) from error
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"read failed: {error}", bucket=bucket, name=name) from error
+        try:
+            data: bytes = response.read()
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"read failed: {error}", bucket=bucket, name=name) from error
+        finally:
+            response.close()
+            response.release_conn()
+        return data
+
+    def put_bytes(self, bucket: str, name: str, data: bytes) -> None:
+        """Write one object in a single PUT: readers see the old object or the whole new one."""
+        self.ensure_bucket(bucket)
+        try:
+            self.client.put_object(bucket, name, io.BytesIO(data), len(data))
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"write failed: {error}", bucket=bucket, name=name) from error
+
+    def list_names(self, bucket: str, prefix: str = "") -> list[str]:
+        """Object names in a bucket under `prefix` (empty if the bucket does not exist)."""
+        try:
+            if not self.client.bucket_exists(bucket):
+                return []
+            objects = self.client.list_objects(bucket, prefix=prefix, recursive=True)
+            return [str(o.object_name) for o in objects]
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"listing failed: {error}", bucket=bucket) from error
+
+
+class S3ResultSink:
+    """Stores result files as objects of bucket `<request_id>` (the ServiceX output layout)."""
+
+    def __init__(self, store: S3Store, bucket: str) -> None:
+        self.store = store
+        self.bucket = bucket
+
+    def store_file(self, local_path: Path, name: str) -> int:
+        """Upload `local_path` as object `name`; returns the stored object's size."""
+        return self.store.upload_file(self.bucket, name, local_path)
+
+
+class S3FragmentStore:
+    """The engine's `FragmentStore` on S3: key-index fragments shared by every request and user.
+
+    Names are content-addressed by the engine (friend path, size, ROOT UUID, tree, key columns, format
+    version), so one name always holds the same bytes; concurrent builders writing the same name are
+    harmless, and a PUT is atomic, so readers never see half a fragment.
+
+    Args:
+        store: the object store.
+        bucket: the cache bucket (`JOINER_CACHE_BUCKET`).
+        prefix: a folder inside the bucket for fragments.
+    """
+
+    def __init__(self, store: S3Store, bucket: str, prefix: str = "index/") -> None:
+        self.store = store
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def get(self, name: str) -> bytes | None:
+        """The fragment stored under `name`, or None."""
+        return self.store.get_bytes(self.bucket, self.prefix + name)
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store a fragment under `name` (one complete object write)."""
+        self.store.put_bytes(self.bucket, self.prefix + name, data)
+
+
+def s3_storage_options(settings: ObjectStoreSettings) -> dict[str, Any] | None:
+    """fsspec/s3fs options for `s3://` friends, from the object-store settings (None if none configured)."""
+    if settings.url is None:
+        return None
+    client_kwargs = {"endpoint_url": settings.endpoint_url, "region_name": settings.region}
+    options: dict[str, Any] = {"client_kwargs": client_kwargs}
+    if settings.access_key is not None and settings.secret_key is not None:
+        options["key"] = settings.access_key.get_secret_value()
+        options["secret"] = settings.secret_key.get_secret_value()
+    return options
