@@ -6,6 +6,9 @@ Fixtures live in `tests/fixtures/<topic>.py`, one module per service or data sou
 from __future__ import annotations
 
 pytest_plugins = [
+    "tests.fixtures.rabbitmq",
+    "tests.fixtures.seaweedfs",
+    "tests.fixtures.app_recorder",
     "tests.fixtures.data",
     "tests.fixtures.triton",
 ]
