@@ -6,15 +6,27 @@ worker, the science container): they call `join_file` and get a `FileResult` bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from joiner.spec import JoinSpec
+from joiner.errors import DuplicateKeyError, SpecError
+from joiner.gather import SourcePool, gather, place
+from joiner.index import DatasetIndex, FragmentStore, KeyFragment, build_dataset_index, build_fragment
+from joiner.integrity import KeyDigest, verify_keys
+from joiner.merge import keys_equal, match_keys
+from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
+from joiner.sources import TableSource, expand_paths, open_source
+from joiner.spec import DuplicatePolicy, FriendSpec, How, JoinSpec
+from joiner.writing import open_sink
 
 
 class OutputFormat(StrEnum):
@@ -58,3 +70,555 @@ class FileResult:
 
 
 PathCheck = Callable[[str], None]
+
+DEFAULT_CHUNK_ENTRIES = 250_000
+
+
+def infer_role(spec: JoinSpec, input_path: str) -> Role:
+    """The role of an input file: a friend file of a right/outer join, else a primary file."""
+    outer_like = [f for f in spec.friends if f.how in (How.RIGHT, How.OUTER)]
+    if not outer_like:
+        return Role.PRIMARY
+    friend = outer_like[0]
+    in_friend = _listed(input_path, friend.files)
+    if friend.how is How.RIGHT:
+        if not in_friend and _listed(input_path, spec.primary.files):
+            raise SpecError(
+                f"{input_path} is a primary file, but a right join runs over the friend's files "
+                f"(friend {friend.name!r}); submit the friend files as the dataset"
+            )
+        return Role.RIGHT
+    return Role.ANTI if in_friend else Role.PRIMARY
+
+
+def _listed(path: str, patterns: Sequence[str]) -> bool:
+    import fnmatch
+
+    bare = _logical(path)
+    return any(bare == _logical(p) or fnmatch.fnmatchcase(bare, _logical(p)) for p in patterns)
+
+
+def _logical(path: str) -> str:
+    """A path without scheme-specific decorations that replicas and caches add (xcache `//` prefixes)."""
+    if path.startswith("root://"):
+        # root://cache//root://origin//store/x.root or root://host//store/x.root -> /store/x.root
+        last = path.rsplit("//", 1)[-1]
+        return "/" + last.lstrip("/")
+    return path.removeprefix("file://")
+
+
+@dataclass
+class _Counts:
+    events_in: int = 0
+    events_out: int = 0
+    matched: dict[str, int] = field(default_factory=dict)
+    unmatched: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + (now - since)
+        return now
+
+
+@dataclass
+class _Rows:
+    """The rows joined so far in one chunk: their table, keys and entry numbers in the input file."""
+
+    table: pa.Table
+    keys: list[npt.NDArray[np.integer]]
+    entries: npt.NDArray[np.int64]
+
+    def take(self, rows: npt.NDArray[np.int64]) -> _Rows:
+        if len(rows) == len(self.entries) and (len(rows) == 0 or bool(np.all(rows == np.arange(len(rows))))):
+            return self
+        return _Rows(self.table.take(pa.array(rows)), [k[rows] for k in self.keys], self.entries[rows])
+
+
+def resolve_friend_indexes(
+    spec: JoinSpec,
+    *,
+    fragment_store: FragmentStore | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    path_check: PathCheck | None = None,
+) -> dict[str, DatasetIndex]:
+    """Key indexes of every friend dataset (cached fragments where the store has them)."""
+    indexes = {}
+    for friend in spec.friends:
+        paths = expand_paths(friend.files, storage_options)
+        if path_check is not None:
+            for path in paths:
+                path_check(path)
+        indexes[friend.name] = build_dataset_index(
+            friend.name,
+            paths,
+            tree=spec.friend_tree(friend),
+            key_columns=spec.key_columns,
+            file_format=friend.format,
+            store=fragment_store,
+            storage_options=storage_options,
+        )
+    return indexes
+
+
+def resolve_primary_index(
+    spec: JoinSpec,
+    *,
+    fragment_store: FragmentStore | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> DatasetIndex:
+    """Key index of the primary dataset (right/outer joins reach the primary from the friend's files)."""
+    if not spec.primary.files:
+        raise SpecError(
+            "primary.files is required for right and outer joins (and for local runs): the friend's rows are "
+            "joined to the primary through the primary's key index; through ServiceX, use a FileList dataset "
+            "and the client's sample helper"
+        )
+    paths = expand_paths(spec.primary.files, storage_options)
+    return build_dataset_index(
+        "primary",
+        paths,
+        tree=spec.primary_tree,
+        key_columns=spec.key_columns,
+        file_format=None,
+        store=fragment_store,
+        storage_options=storage_options,
+    )
+
+
+def join_file(
+    spec: JoinSpec,
+    input_path: str,
+    output_path: Path,
+    *,
+    role: Role | None = None,
+    output_format: OutputFormat = OutputFormat.PARQUET,
+    fragment_store: FragmentStore | None = None,
+    producers: Sequence[ColumnProducer] = (),
+    chunk_entries: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    path_check: PathCheck | None = None,
+    indexes: Mapping[str, DatasetIndex] | None = None,
+) -> FileResult:
+    """Join one input file of `spec` and write the result to `output_path` (atomically).
+
+    Args:
+        spec: the validated join spec.
+        input_path: a primary file (inner/left/outer-left part) or, for right/outer joins, a friend file.
+        output_path: where the output goes; written under a temporary name and renamed at the end.
+        role: which part this file is; by default inferred from the spec's file lists.
+        output_format: Parquet, or a ROOT TTree named `servicex`.
+        fragment_store: cache of key-index fragments (content addressed), shared across tasks.
+        producers: column producers (Triton inference) applied to every joined chunk.
+        chunk_entries: entries per chunk; bounds memory.
+        storage_options: fsspec options for remote friends (s3 credentials).
+        path_check: called with every friend path before it is read; raises to refuse a location.
+        indexes: prebuilt dataset indexes by name ("primary" or a friend's name), already checked for
+            duplicates; built here (and checked) when absent.
+
+    Raises:
+        JoinError subclasses for anything wrong with the inputs (permanent for this file).
+    """
+    resolved_role = role if role is not None else infer_role(spec, input_path)
+    runner = _FileJoin(
+        spec,
+        input_path,
+        role=resolved_role,
+        fragment_store=fragment_store,
+        producers=producers,
+        chunk=chunk_entries or DEFAULT_CHUNK_ENTRIES,
+        storage_options=storage_options,
+        path_check=path_check,
+        indexes=dict(indexes or {}),
+    )
+    return runner.run(output_path, output_format)
+
+
+class _FileJoin:
+    """The work of one `join_file` call (see its docstring); one method per step."""
+
+    def __init__(
+        self,
+        spec: JoinSpec,
+        input_path: str,
+        *,
+        role: Role,
+        fragment_store: FragmentStore | None,
+        producers: Sequence[ColumnProducer],
+        chunk: int,
+        storage_options: Mapping[str, Any] | None,
+        path_check: PathCheck | None,
+        indexes: dict[str, DatasetIndex],
+    ) -> None:
+        self.spec = spec
+        self.input_path = input_path
+        self.role = role
+        self.store = fragment_store
+        self.producers = list(producers)
+        self.chunk = max(1, chunk)
+        self.options = storage_options
+        self.path_check = path_check
+        self.indexes = indexes
+        self.keys = list(spec.key_columns)
+        self.counts = _Counts()
+        self.inputs: list[dict[str, Any]] = []
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def _friend_index(self, friend: FriendSpec) -> DatasetIndex:
+        if friend.name not in self.indexes:
+            built = resolve_friend_indexes(
+                self.spec.model_copy(update={"friends": [friend]}),
+                fragment_store=self.store,
+                storage_options=self.options,
+                path_check=self.path_check,
+            )[friend.name]
+            built.check_duplicates(self.spec.duplicates)
+            self.indexes[friend.name] = built
+        elif self.path_check is not None:
+            for path in self.indexes[friend.name].paths:
+                self.path_check(path)
+        return self.indexes[friend.name]
+
+    def _primary_index(self) -> DatasetIndex:
+        if "primary" not in self.indexes:
+            built = resolve_primary_index(self.spec, fragment_store=self.store, storage_options=self.options)
+            built.check_duplicates(self.spec.duplicates)
+            self.indexes["primary"] = built
+        return self.indexes["primary"]
+
+    def _pool(self, index: DatasetIndex) -> SourcePool:
+        return SourcePool(index.paths, tree=index.tree or self.spec.default_tree, file_format=index.file_format,
+                          storage_options=self.options)
+
+    def _own_duplicates(self, fragment: KeyFragment, name: str) -> npt.NDArray[np.bool_] | None:
+        """Entries of this file that repeat an earlier key: refused, or (duplicates: first) dropped."""
+        if fragment.num_entries < 2:
+            return None
+        equal = np.ones(fragment.num_entries - 1, dtype=bool)
+        for column in fragment.keys:
+            equal &= column[1:] == column[:-1]
+        repeats = np.flatnonzero(equal) + 1
+        if not len(repeats):
+            return None
+        if self.spec.duplicates is DuplicatePolicy.ERROR:
+            involved = np.union1d(repeats, repeats - 1)[:10]
+            examples = [
+                (tuple(int(c[i]) for c in fragment.keys), [f"{name} (entry {int(fragment.entries[i])})"])
+                for i in involved
+            ]
+            grouped: dict[tuple[int, ...], list[str]] = {}
+            for key, where in examples:
+                grouped.setdefault(key, []).extend(where)
+            raise DuplicateKeyError(name, list(grouped.items()), total=len(repeats))
+        drop = np.zeros(fragment.num_entries, dtype=bool)
+        drop[fragment.entries[repeats]] = True
+        return drop
+
+    # -- the run --------------------------------------------------------------------------------------
+    def run(self, output_path: Path, output_format: OutputFormat) -> FileResult:
+        started = time.perf_counter()
+        if self.role is Role.PRIMARY:
+            chunks, schema, runs = self._primary_chunks()
+        else:
+            chunks, schema, runs = self._friend_file_chunks()
+        sink = open_sink(output_path, schema, root=output_format is OutputFormat.ROOT, runs=runs)
+        digest = KeyDigest()
+        try:
+            for table in chunks:
+                mark = time.perf_counter()
+                for producer in self.producers:
+                    table = producer(table)
+                mark = self.counts.add_time("infer", mark)
+                digest.update([table.column(k).to_numpy() for k in self.keys])
+                sink.write(table)
+                self.counts.events_out += table.num_rows
+                self.counts.add_time("write", mark)
+            mark = time.perf_counter()
+            size = sink.commit(self._metadata(digest))
+            self.counts.add_time("write", mark)
+        except BaseException:
+            sink.abort()
+            raise
+        self.counts.seconds["total"] = time.perf_counter() - started
+        return FileResult(
+            input_path=self.input_path,
+            output_path=output_path,
+            output_format=output_format,
+            events_in=self.counts.events_in,
+            events_out=self.counts.events_out,
+            output_bytes=size,
+            matched=dict(self.counts.matched),
+            unmatched=dict(self.counts.unmatched),
+            seconds=dict(self.counts.seconds),
+        )
+
+    def _metadata(self, digest: KeyDigest) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "spec_hash": self.spec.spec_hash(),
+            "role": self.role.value,
+            "input": self.input_path,
+            "inputs": self.inputs,
+            "key_columns": self.keys,
+            "rows": {
+                "in": self.counts.events_in,
+                "out": self.counts.events_out,
+                "matched": self.counts.matched,
+                "unmatched": self.counts.unmatched,
+            },
+            "key_digest": digest.hexdigest(),
+            "producers": [dict(p.describe()) for p in self.producers],
+        }
+
+    def _primary_chunks(self) -> tuple[Iterator[pa.Table], pa.Schema, list[dict[str, Any]] | None]:
+        mark = time.perf_counter()
+        source = open_source(self.input_path, tree=self.spec.primary_tree, storage_options=self.options)
+        self.inputs.append(source.identity().as_dict())
+        friend_indexes = [self._friend_index(friend) for friend in self.spec.friends]
+        pools = [self._pool(index) for index in friend_indexes]
+        for index in friend_indexes:
+            self.inputs.extend(f.identity.as_dict() for f in index.fragments)
+        plan = make_plan(self.spec, source, [pool.source(0) for pool in pools])
+        fragment = build_fragment(source, self.keys)
+        drop = self._own_duplicates(fragment, self.input_path)
+        aligned = [
+            index.aligned_fragment(fragment.num_entries, fragment.first_key, fragment.last_key)
+            for index in friend_indexes
+        ]
+        self.counts.add_time("index", mark)
+        for friend in self.spec.friends:
+            self.counts.matched.setdefault(friend.name, 0)
+            self.counts.unmatched.setdefault(friend.name, 0)
+        return self._iterate_primary(source, plan, friend_indexes, pools, aligned, drop), plan.schema(), (
+            source.read_runs()
+        )
+
+    def _iterate_primary(
+        self,
+        source: TableSource,
+        plan: JoinPlan,
+        friend_indexes: list[DatasetIndex],
+        pools: list[SourcePool],
+        aligned: list[int | None],
+        drop: npt.NDArray[np.bool_] | None,
+    ) -> Iterator[pa.Table]:
+        total = source.num_entries
+        schema = plan.schema()
+        for start in range(0, total, self.chunk):
+            stop = min(total, start + self.chunk)
+            mark = time.perf_counter()
+            keys = source.read_keys(self.keys, start, stop)
+            table = source.read_table(plan.primary.read_names, start, stop)
+            self.counts.events_in += stop - start
+            keep = np.ones(stop - start, dtype=bool)
+            if self.spec.primary.cut:
+                keep &= source.cut_mask(self.spec.primary.cut, start, stop)
+            if drop is not None:
+                keep &= ~drop[start:stop]
+            mark = self.counts.add_time("read", mark)
+            rows = _Rows(_with_keys(table, self.keys, keys, plan.key_types), keys,
+                         np.arange(start, stop, dtype=np.int64))
+            if not keep.all():
+                rows = rows.take(np.flatnonzero(keep).astype(np.int64))
+            for friend, side, index, pool, position in zip(
+                self.spec.friends, plan.friends, friend_indexes, pools, aligned, strict=True
+            ):
+                rows = self._join_friend(rows, friend, side, index, pool, position, keys, start, stop)
+            self.counts.add_time("join", mark)
+            yield rows.table.select(schema.names).cast(schema)
+
+    def _join_friend(
+        self,
+        rows: _Rows,
+        friend: FriendSpec,
+        side: SidePlan,
+        index: DatasetIndex,
+        pool: SourcePool,
+        aligned_position: int | None,
+        chunk_keys: list[npt.NDArray[np.integer]],
+        start: int,
+        stop: int,
+    ) -> _Rows:
+        if aligned_position is not None:
+            friend_source = pool.source(aligned_position)
+            if keys_equal(chunk_keys, friend_source.read_keys(self.keys, start, stop)):
+                columns = friend_source.read_table(side.read_names, start, stop)
+                rows_in_chunk = (rows.entries - start).astype(np.int64)
+                if len(rows_in_chunk) != stop - start:
+                    columns = columns.take(pa.array(rows_in_chunk))
+                self.counts.matched[friend.name] += len(rows.entries)
+                return self._append(rows, side, friend, columns, np.ones(len(rows.entries), dtype=bool))
+        candidates = index.candidates(rows.keys)
+        how = How.INNER if friend.how is How.INNER else How.LEFT
+        match = match_keys(
+            rows.keys,
+            candidates.keys,
+            how,
+            duplicates=self.spec.duplicates,
+            left_name=self.input_path,
+            right_name=f"friend {friend.name!r}",
+            right_origin=index.origin(candidates),
+        )
+        rows = rows.take(match.left_rows)
+        matched = match.right_rows >= 0
+        targets = np.flatnonzero(matched).astype(np.int64)
+        picked = match.right_rows[targets]
+        gathered = gather(
+            pool,
+            candidates.file_positions[picked],
+            candidates.entries[picked],
+            columns=side.read_names,
+            key_columns=self.keys,
+            window=self.chunk,
+        )
+        verify_keys(friend.name, [k[targets] for k in rows.keys], gathered.keys)
+        columns = place(gathered.table, targets, len(rows.entries))
+        self.counts.matched[friend.name] += len(targets)
+        self.counts.unmatched[friend.name] += len(rows.entries) - len(targets)
+        return self._append(rows, side, friend, columns, matched)
+
+    def _append(
+        self, rows: _Rows, side: SidePlan, friend: FriendSpec, columns: pa.Table, matched: npt.NDArray[np.bool_]
+    ) -> _Rows:
+        table = rows.table
+        for original, output in zip(side.read_names, side.output_names, strict=True):
+            column = columns.column(original)
+            if self.spec.fill_missing == "nan" and not matched.all() and is_list_type(column.type):
+                column = _fill_nan_lists(column, table, original, matched)
+            table = table.append_column(output, column)
+        table = table.append_column(f"{friend.name}_matched", pa.array(matched, type=pa.bool_()))
+        return _Rows(table, rows.keys, rows.entries)
+
+    # -- right and anti parts: the input is a file of the (single) friend ---------------------------------
+    def _friend_file_chunks(self) -> tuple[Iterator[pa.Table], pa.Schema, list[dict[str, Any]] | None]:
+        mark = time.perf_counter()
+        (friend,) = self.spec.friends
+        if self.path_check is not None:
+            self.path_check(self.input_path)
+        source = open_source(
+            self.input_path,
+            tree=self.spec.friend_tree(friend),
+            file_format=friend.format_of(self.input_path),
+            storage_options=self.options,
+        )
+        self.inputs.append(source.identity().as_dict())
+        friend_index = self._friend_index(friend)
+        primary_index = self._primary_index()
+        self.inputs.extend(f.identity.as_dict() for f in primary_index.fragments)
+        pool = self._pool(primary_index)
+        plan = make_plan(self.spec, pool.source(0), [source])
+        del friend_index  # built for its duplicate check across the friend dataset
+        fragment = build_fragment(source, self.keys)
+        drop = self._own_duplicates(fragment, self.input_path)
+        self.counts.matched.setdefault(friend.name, 0)
+        self.counts.unmatched.setdefault(friend.name, 0)
+        self.counts.add_time("index", mark)
+        return self._iterate_friend_file(source, plan, friend, primary_index, pool, drop), plan.schema(), None
+
+    def _iterate_friend_file(
+        self,
+        source: TableSource,
+        plan: JoinPlan,
+        friend: FriendSpec,
+        primary_index: DatasetIndex,
+        pool: SourcePool,
+        drop: npt.NDArray[np.bool_] | None,
+    ) -> Iterator[pa.Table]:
+        (side,) = plan.friends
+        schema = plan.schema()
+        total = source.num_entries
+        for start in range(0, total, self.chunk):
+            stop = min(total, start + self.chunk)
+            mark = time.perf_counter()
+            keys = source.read_keys(self.keys, start, stop)
+            friend_columns = source.read_table(side.read_names, start, stop)
+            self.counts.events_in += stop - start
+            mark = self.counts.add_time("read", mark)
+            if drop is not None and drop[start:stop].any():
+                keep = np.flatnonzero(~drop[start:stop]).astype(np.int64)
+                keys = [k[keep] for k in keys]
+                friend_columns = friend_columns.take(pa.array(keep))
+            candidates = primary_index.candidates(keys)
+            match = match_keys(
+                keys,
+                candidates.keys,
+                How.LEFT,
+                duplicates=self.spec.duplicates,
+                left_name=self.input_path,
+                right_name="the primary dataset",
+                right_origin=primary_index.origin(candidates),
+            )
+            matched = match.right_rows >= 0
+            targets = np.flatnonzero(matched).astype(np.int64)
+            picked = match.right_rows[targets]
+            names = plan.primary.read_names if self.role is Role.RIGHT else [self.keys[0]]
+            gathered = gather(
+                pool,
+                candidates.file_positions[picked],
+                candidates.entries[picked],
+                columns=names,
+                key_columns=self.keys,
+                window=self.chunk,
+                cut=self.spec.primary.cut,
+            )
+            verify_keys("primary", [k[targets] for k in keys], gathered.keys)
+            primary_table = gathered.table
+            if gathered.passes_cut is not None and not gathered.passes_cut.all():
+                # a primary row that fails the cut is no primary row at all
+                passing = gathered.passes_cut
+                matched[targets[~passing]] = False
+                primary_table = primary_table.filter(pa.array(passing))
+                targets = targets[passing]
+            if self.role is Role.ANTI:
+                lonely = np.flatnonzero(~matched).astype(np.int64)
+                keys = [k[lonely] for k in keys]
+                friend_columns = friend_columns.take(pa.array(lonely))
+                primary_placed = _null_table(plan.primary, len(lonely))
+                self.counts.unmatched[friend.name] += len(lonely)
+            else:
+                primary_placed = place(primary_table.select(plan.primary.read_names), targets, len(matched))
+                self.counts.matched[friend.name] += len(targets)
+                self.counts.unmatched[friend.name] += len(matched) - len(targets)
+            table = _with_keys(primary_placed, self.keys, keys, plan.key_types)
+            for original, output in zip(side.read_names, side.output_names, strict=True):
+                table = table.append_column(output, friend_columns.column(original))
+            table = table.append_column(
+                f"{friend.name}_matched", pa.array(np.ones(table.num_rows, dtype=bool), type=pa.bool_())
+            )
+            self.counts.add_time("join", mark)
+            yield table.select(schema.names).cast(schema)
+
+
+def _with_keys(
+    table: pa.Table, names: Sequence[str], keys: Sequence[npt.NDArray[np.integer]], types: Sequence[pa.DataType]
+) -> pa.Table:
+    """`table` with the key columns in front (cast to the primary's key types)."""
+    columns = [pa.array(k).cast(t) for k, t in zip(keys, types, strict=True)]
+    result = pa.Table.from_arrays(columns, names=list(names))
+    for name in table.column_names:
+        if name not in names:
+            result = result.append_column(name, table.column(name))
+    return result
+
+
+def _null_table(side: SidePlan, length: int) -> pa.Table:
+    return pa.Table.from_arrays(
+        [pa.nulls(length, type=non_null_elements(t)) for t in side.types], names=list(side.read_names)
+    )
+
+
+def _fill_nan_lists(
+    column: pa.ChunkedArray, table: pa.Table, original: str, matched: npt.NDArray[np.bool_]
+) -> pa.ChunkedArray:
+    """Unmatched rows of a jagged float column as NaN lists of the primary collection's length."""
+    collection = collection_of(original)
+    counts = table.column("n" + str(collection)).to_numpy().astype(np.int64)
+    lengths = np.where(matched, 0, counts)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    value_type = column.type.value_type
+    nan_lists = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(np.full(int(offsets[-1]), np.nan), type=value_type)
+    )
+    combined = column.combine_chunks()
+    filled = pc.if_else(pa.array(matched), combined, nan_lists.cast(combined.type))
+    return pa.chunked_array([filled])

@@ -1,0 +1,358 @@
+"""Key indexes: per file, the sorted key columns with their entry numbers.
+
+A dataset's index is a list of fragments, one per file, in the spec's file order. A fragment holds the
+file's keys sorted lexicographically with the entry number of each, the first/last key in entry order (for
+aligned detection), the min/max key and per-column ranges (to find the fragments that overlap a primary
+file), and the file's identity. Fragments serialise to Parquet and are cached under content-addressed names
+(`fragment_name`) in any `FragmentStore`: the object store in a ServiceX deployment, a local directory for
+the command line. A fragment is written as one object, so a reader never sees half of one; builders that
+race produce identical bytes. The format carries a version: a new version never reads an old index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from joiner.errors import InputFileError
+from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_order, union_ranges
+from joiner.merge import match_keys
+from joiner.sources import FileIdentity, StorageOptions, TableSource, open_source
+from joiner.spec import DuplicatePolicy, FileFormat, How
+
+INDEX_FORMAT_VERSION = 1
+_META_KEY = b"servicex_joiner.index"
+KeyTuple = tuple[int, ...]
+DEFAULT_KEY_CHUNK = 2_000_000
+
+
+class FragmentStore(Protocol):
+    """Where fragments are cached: bytes under a name. `put` must write the object whole (atomically)."""
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def put(self, name: str, data: bytes) -> None: ...
+
+
+def fragment_name(identity: FileIdentity, tree: str | None, key_columns: Sequence[str]) -> str:
+    """Content-addressed cache name of a file's fragment: changes with the file, tree, key or format."""
+    document = json.dumps(
+        {
+            "version": INDEX_FORMAT_VERSION,
+            "file": identity.as_dict(),
+            "tree": tree,
+            "key": list(key_columns),
+        },
+        sort_keys=True,
+    )
+    return f"index/v{INDEX_FORMAT_VERSION}/{hashlib.sha256(document.encode()).hexdigest()}.parquet"
+
+
+@dataclass(frozen=True)
+class KeyFragment:
+    """The index of one file (see module docstring)."""
+
+    identity: FileIdentity
+    tree: str | None
+    key_columns: tuple[str, ...]
+    num_entries: int
+    keys: list[npt.NDArray[np.integer]]
+    entries: npt.NDArray[np.int64]
+    first_key: KeyTuple | None
+    last_key: KeyTuple | None
+    ranges: tuple[ColumnRange, ...] | None = field(default=None)
+
+    @property
+    def min_key(self) -> KeyTuple | None:
+        return tuple(int(c[0]) for c in self.keys) if self.num_entries else None
+
+    @property
+    def max_key(self) -> KeyTuple | None:
+        return tuple(int(c[-1]) for c in self.keys) if self.num_entries else None
+
+    @property
+    def name(self) -> str:
+        return fragment_name(self.identity, self.tree, self.key_columns)
+
+    def overlaps(self, low: KeyTuple, high: KeyTuple) -> bool:
+        if not self.num_entries:
+            return False
+        assert self.min_key is not None and self.max_key is not None  # noqa: S101 - num_entries > 0
+        return not (self.max_key < low or self.min_key > high)
+
+    def rows_between(self, low: KeyTuple, high: KeyTuple) -> tuple[int, int]:
+        """The sorted-row slice whose keys lie in [low, high] (the whole fragment if ranges are too wide)."""
+        if not self.overlaps(low, high):
+            return 0, 0
+        ranges = union_ranges(
+            list(self.ranges) if self.ranges else column_ranges(self.keys),
+            [ColumnRange(a, a) for a in low],
+            [ColumnRange(b, b) for b in high],
+        )
+        assert ranges is not None  # noqa: S101 - both bounds present
+        packer = KeyPacker(tuple(ranges))
+        if not packer.fits:
+            return 0, self.num_entries
+        packed = packer.pack(self.keys)
+        start = int(np.searchsorted(packed, np.uint64(packer.pack_tuple(low)), side="left"))
+        stop = int(np.searchsorted(packed, np.uint64(packer.pack_tuple(high)), side="right"))
+        return start, stop
+
+    def to_bytes(self) -> bytes:
+        """Serialise as Parquet with the fragment's facts in the schema metadata."""
+        columns: dict[str, Any] = {name: pa.array(col) for name, col in zip(self.key_columns, self.keys, strict=True)}
+        columns["__entry__"] = pa.array(self.entries, type=pa.int64())
+        table = pa.table(columns)
+        meta = {
+            "version": INDEX_FORMAT_VERSION,
+            "identity": self.identity.as_dict(),
+            "tree": self.tree,
+            "key_columns": list(self.key_columns),
+            "num_entries": self.num_entries,
+            "first_key": list(self.first_key) if self.first_key is not None else None,
+            "last_key": list(self.last_key) if self.last_key is not None else None,
+        }
+        table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        return sink.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyFragment:
+        """Read a serialised fragment; raises ValueError for another format version or a damaged object."""
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ValueError(f"damaged index fragment: {error}") from None
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        if raw is None:
+            raise ValueError("not an index fragment (no metadata)")
+        meta = json.loads(raw)
+        if meta.get("version") != INDEX_FORMAT_VERSION:
+            raise ValueError(f"index format version {meta.get('version')} is not {INDEX_FORMAT_VERSION}")
+        key_columns = tuple(meta["key_columns"])
+        keys = [table.column(name).to_numpy() for name in key_columns]
+        identity = FileIdentity(**meta["identity"])
+        return cls(
+            identity=identity,
+            tree=meta["tree"],
+            key_columns=key_columns,
+            num_entries=int(meta["num_entries"]),
+            keys=keys,
+            entries=table.column("__entry__").to_numpy().astype(np.int64),
+            first_key=tuple(meta["first_key"]) if meta["first_key"] is not None else None,
+            last_key=tuple(meta["last_key"]) if meta["last_key"] is not None else None,
+            ranges=tuple(column_ranges(keys) or []) or None,
+        )
+
+
+def build_fragment(source: TableSource, key_columns: Sequence[str], *, chunk: int = DEFAULT_KEY_CHUNK) -> KeyFragment:
+    """Read only the key columns of a file (in chunks) and sort them."""
+    n = source.num_entries
+    parts: list[list[npt.NDArray[np.integer]]] = []
+    for start in range(0, n, chunk):
+        parts.append(source.read_keys(key_columns, start, min(n, start + chunk)))
+    if parts:
+        keys = [np.concatenate([p[i] for p in parts]) for i in range(len(key_columns))]
+    else:
+        keys = source.read_keys(key_columns, 0, 0)
+    order = sort_order(keys)
+    sorted_keys = [column[order] for column in keys]
+    first = tuple(int(c[0]) for c in keys) if n else None
+    last = tuple(int(c[-1]) for c in keys) if n else None
+    return KeyFragment(
+        identity=source.identity(),
+        tree=source.tree,
+        key_columns=tuple(key_columns),
+        num_entries=n,
+        keys=sorted_keys,
+        entries=order.astype(np.int64),
+        first_key=first,
+        last_key=last,
+        ranges=tuple(column_ranges(sorted_keys) or []) or None,
+    )
+
+
+def sort_order(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.int64]:
+    """Stable lexicographic order of key tuples, through a packed uint64 sort when the ranges allow."""
+    n = len(keys[0]) if keys else 0
+    ranges = column_ranges(keys)
+    if ranges is None:
+        return np.zeros(0, dtype=np.int64)
+    packer = KeyPacker(tuple(ranges))
+    row_bits = max(int(n - 1).bit_length(), 1)
+    if packer.total_bits + row_bits <= 64:
+        composite = packer.pack(keys) << np.uint64(row_bits)
+        composite |= np.arange(n, dtype=np.uint64)
+        composite.sort()
+        return (composite & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+    if packer.fits:
+        return np.argsort(packer.pack(keys), kind="stable").astype(np.int64)
+    return lexicographic_order(keys).astype(np.int64)
+
+
+def key_bounds(keys: Sequence[npt.NDArray[np.integer]]) -> tuple[KeyTuple, KeyTuple] | None:
+    """Lexicographic min and max key tuple of some rows (None when empty)."""
+    if not len(keys) or not len(keys[0]):
+        return None
+    ranges = column_ranges(keys)
+    assert ranges is not None  # noqa: S101 - non-empty
+    packer = KeyPacker(tuple(ranges))
+    if packer.fits:
+        packed = packer.pack(keys)
+        low, high = int(np.argmin(packed)), int(np.argmax(packed))
+    else:
+        order = lexicographic_order(keys)
+        low, high = int(order[0]), int(order[-1])
+    return tuple(int(c[low]) for c in keys), tuple(int(c[high]) for c in keys)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Friend rows that may match a chunk: their keys, which file (position in the dataset) and entry."""
+
+    keys: list[npt.NDArray[np.integer]]
+    file_positions: npt.NDArray[np.int64]
+    entries: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class DatasetIndex:
+    """The index of a dataset: one fragment per file, in the spec's file order."""
+
+    name: str
+    paths: list[str]
+    fragments: list[KeyFragment]
+    file_format: FileFormat | None = None
+    tree: str | None = None
+
+    def candidates(self, keys: Sequence[npt.NDArray[np.integer]]) -> Candidates:
+        """All rows of overlapping fragments whose keys lie within the min/max key of `keys`."""
+        bounds = key_bounds(keys)
+        key_parts: list[list[npt.NDArray[np.integer]]] = []
+        positions, entries = [], []
+        if bounds is not None:
+            low, high = bounds
+            for position, fragment in enumerate(self.fragments):
+                start, stop = fragment.rows_between(low, high)
+                if stop <= start:
+                    continue
+                key_parts.append([c[start:stop] for c in fragment.keys])
+                positions.append(np.full(stop - start, position, dtype=np.int64))
+                entries.append(fragment.entries[start:stop])
+        if not key_parts:
+            return Candidates(
+                [np.zeros(0, dtype=c.dtype) for c in keys], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            )
+        merged_keys = [np.concatenate([p[i] for p in key_parts]) for i in range(len(keys))]
+        return Candidates(merged_keys, np.concatenate(positions), np.concatenate(entries))
+
+    def aligned_fragment(self, num_entries: int, first: KeyTuple | None, last: KeyTuple | None) -> int | None:
+        """Position of a fragment with the same entry count and first/last key (an aligned friend file)."""
+        if first is None:
+            return None
+        for position, fragment in enumerate(self.fragments):
+            if fragment.num_entries == num_entries and fragment.first_key == first and fragment.last_key == last:
+                return position
+        return None
+
+    def origin(self, candidates: Candidates) -> Callable[[npt.NDArray[np.int64]], list[str]]:
+        """Maps candidate rows to 'file (entry N)' strings, for duplicate-key messages."""
+
+        def describe(rows: npt.NDArray[np.int64]) -> list[str]:
+            return [
+                f"{self.paths[int(candidates.file_positions[r])]} (entry {int(candidates.entries[r])})"
+                for r in rows
+            ]
+
+        return describe
+
+    def check_duplicates(self, policy: DuplicatePolicy) -> None:
+        """Refuse keys present twice anywhere in the dataset (unless `duplicates: first`)."""
+        if policy is DuplicatePolicy.FIRST or not self.fragments:
+            return
+        everything = Candidates(
+            [np.concatenate([f.keys[i] for f in self.fragments]) for i in range(len(self.fragments[0].key_columns))],
+            np.concatenate([np.full(f.num_entries, p, dtype=np.int64) for p, f in enumerate(self.fragments)]),
+            np.concatenate([f.entries for f in self.fragments]),
+        )
+        empty = [np.zeros(0, dtype=c.dtype) for c in everything.keys]
+        match_keys(
+            empty,
+            everything.keys,
+            How.INNER,
+            duplicates=policy,
+            right_name=f"dataset {self.name!r}",
+            right_origin=self.origin(everything),
+        )
+
+
+def load_fragment(
+    path: str,
+    *,
+    tree: str,
+    key_columns: Sequence[str],
+    file_format: FileFormat | None,
+    store: FragmentStore | None,
+    storage_options: StorageOptions | None = None,
+) -> KeyFragment:
+    """The fragment of one file: from the store when cached under its content address, else built."""
+    source = open_source(path, tree=tree, file_format=file_format, storage_options=storage_options)
+    identity = source.identity()
+    name = fragment_name(identity, source.tree, key_columns)
+    if store is not None:
+        data = store.get(name)
+        if data is not None:
+            try:
+                fragment = KeyFragment.from_bytes(data)
+            except ValueError:
+                fragment = None  # an older or damaged object: rebuild and overwrite
+            if fragment is not None and fragment.identity == identity:
+                return fragment
+    fragment = build_fragment(source, key_columns)
+    if store is not None:
+        store.put(name, fragment.to_bytes())
+    return fragment
+
+
+def build_dataset_index(
+    name: str,
+    paths: Sequence[str],
+    *,
+    tree: str,
+    key_columns: Sequence[str],
+    file_format: FileFormat | None = None,
+    store: FragmentStore | None = None,
+    storage_options: StorageOptions | None = None,
+    shuffle_seed: int | None = None,
+) -> DatasetIndex:
+    """Fragments of every file. Built in a shuffled order so that workers starting together share the work."""
+    order = list(range(len(paths)))
+    random.Random(shuffle_seed).shuffle(order)
+    fragments: dict[int, KeyFragment] = {}
+    for position in order:
+        try:
+            fragments[position] = load_fragment(
+                paths[position],
+                tree=tree,
+                key_columns=key_columns,
+                file_format=file_format,
+                store=store,
+                storage_options=storage_options,
+            )
+        except InputFileError as error:
+            raise InputFileError(f"friend dataset {name!r}: {error}") from None
+    return DatasetIndex(name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree)

@@ -1,0 +1,139 @@
+"""Event keys: validation of key columns and packing them into one sortable integer.
+
+A key is a tuple of integer columns, most significant first (`run, luminosityBlock, event`). Sorting and
+merging tuples is slow; sorting one uint64 is what numpy does fastest. `KeyPacker` maps every column onto
+its value range (taken over *both* sides of a join, so that equal tuples give equal integers) and
+concatenates the offsets bit by bit. The map is monotonic: lexicographic order of tuples is numeric order
+of packed keys. When the ranges need more than 64 bits the packer says so and callers use a lexicographic
+sort instead (`lexicographic_order`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from joiner.errors import KeyTypeError
+
+KeyArrays = Mapping[str, npt.NDArray[np.integer]]
+UInt64Array = npt.NDArray[np.uint64]
+MAX_BITS = 64
+
+
+def validate_key_array(name: str, values: object, *, where: str) -> npt.NDArray[np.integer]:
+    """Return `values` as a 1-d integer numpy array, or raise KeyTypeError naming the column and file.
+
+    Floating point, boolean, jagged or nullable columns are refused: a key must identify an event exactly.
+    """
+    array = np.asarray(values)
+    if array.dtype == object or array.ndim != 1:
+        raise KeyTypeError(f"key column {name!r} in {where} is not a flat column of integers (dtype {array.dtype})")
+    if array.dtype.kind not in "iu":
+        raise KeyTypeError(
+            f"key column {name!r} in {where} has type {array.dtype}; event keys must be integers"
+        )
+    return array
+
+
+@dataclass(frozen=True)
+class ColumnRange:
+    """Smallest and largest value of one key column (Python ints: no overflow between int64/uint64)."""
+
+    low: int
+    high: int
+
+    @property
+    def bits(self) -> int:
+        return int(self.high - self.low).bit_length()
+
+    def union(self, other: ColumnRange) -> ColumnRange:
+        return ColumnRange(min(self.low, other.low), max(self.high, other.high))
+
+
+def column_ranges(keys: Sequence[npt.NDArray[np.integer]]) -> list[ColumnRange] | None:
+    """Ranges of each key column, or None for empty columns."""
+    if len(keys) == 0 or len(keys[0]) == 0:
+        return None
+    return [ColumnRange(int(column.min()), int(column.max())) for column in keys]
+
+
+def union_ranges(*ranges: list[ColumnRange] | None) -> list[ColumnRange] | None:
+    """Ranges that cover all of the given ones (None entries are ignored)."""
+    present = [r for r in ranges if r is not None]
+    if not present:
+        return None
+    merged = list(present[0])
+    for other in present[1:]:
+        merged = [a.union(b) for a, b in zip(merged, other, strict=True)]
+    return merged
+
+
+@dataclass(frozen=True)
+class KeyPacker:
+    """Packs key tuples into uint64 over fixed column ranges; `fits` says whether 64 bits suffice."""
+
+    ranges: tuple[ColumnRange, ...]
+
+    @property
+    def total_bits(self) -> int:
+        return sum(r.bits for r in self.ranges)
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bits <= MAX_BITS
+
+    def pack(self, keys: Sequence[npt.NDArray[np.integer]]) -> UInt64Array:
+        """Pack columns (values must lie in the ranges) into one uint64 per row."""
+        if not self.fits:
+            raise ValueError(f"key ranges need {self.total_bits} bits; use lexicographic ordering")
+        n = len(keys[0]) if keys else 0
+        packed = np.zeros(n, dtype=np.uint64)
+        shift = self.total_bits
+        for column, rng in zip(keys, self.ranges, strict=True):
+            shift -= rng.bits
+            if rng.bits == 0:
+                continue
+            offset = _offset_uint64(column, rng.low)
+            if shift:
+                offset <<= np.uint64(shift)
+            packed |= offset
+        return packed
+
+    def pack_tuple(self, key: Sequence[int]) -> int:
+        """Pack one key tuple (values may lie outside the ranges: then they are clamped to the edge)."""
+        value = 0
+        for part, rng in zip(key, self.ranges, strict=True):
+            clamped = min(max(int(part), rng.low), rng.high)
+            value = (value << rng.bits) | (clamped - rng.low)
+        return value
+
+
+def _offset_uint64(column: npt.NDArray[np.integer], low: int) -> UInt64Array:
+    """`column - low` as uint64 without overflow for any signed or unsigned integer column."""
+    if column.dtype.kind == "u":
+        return column.astype(np.uint64, copy=True) - np.uint64(low)
+    # signed: shift into the unsigned domain first (low may be negative)
+    as_int64 = column.astype(np.int64, copy=False)
+    return (as_int64 - np.int64(low)).astype(np.uint64)
+
+
+def packer_for(*sides: Sequence[npt.NDArray[np.integer]]) -> KeyPacker | None:
+    """A packer covering every given side, or None when all sides are empty."""
+    ranges = union_ranges(*(column_ranges(side) for side in sides))
+    if ranges is None:
+        return None
+    return KeyPacker(tuple(ranges))
+
+
+def lexicographic_order(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.intp]:
+    """Stable row order sorting key tuples lexicographically (the >64-bit fallback)."""
+    # np.lexsort sorts by the last key first: pass the least significant column first.
+    return np.lexsort(tuple(reversed(list(keys))))
+
+
+def key_tuples(keys: Sequence[npt.NDArray[np.integer]], rows: npt.NDArray[np.integer]) -> list[tuple[int, ...]]:
+    """Key tuples of some rows, as Python ints (for error messages)."""
+    return [tuple(int(column[row]) for column in keys) for row in rows]

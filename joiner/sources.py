@@ -1,0 +1,336 @@
+"""Reading one input file as a table source: ROOT trees through uproot, Parquet through pyarrow.
+
+A source answers four questions the engine asks of any file: how many entries, which columns match the
+spec's names/patterns, the key columns of an entry range, and the columns of an entry range as an Arrow
+table (NanoAOD-style flat names, jagged branches as lists). Errors become `InputFileError` /
+`MissingColumnError` naming the file and tree. Nothing here joins or writes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import awkward as ak
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from joiner.errors import InputFileError, MissingColumnError, SpecError
+from joiner.keys import validate_key_array
+from joiner.spec import FileFormat
+
+StorageOptions = Mapping[str, Any]
+_CUT_ALIAS = "_servicex_joiner_cut"
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes a file's content unique for caching: logical path, size and ROOT UUID (or ETag)."""
+
+    path: str
+    size: int
+    uuid: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "uuid": self.uuid}
+
+
+class TableSource(Protocol):
+    """One input file opened for reading (see module docstring)."""
+
+    path: str
+    tree: str | None
+
+    @property
+    def num_entries(self) -> int: ...
+
+    def identity(self) -> FileIdentity: ...
+
+    def resolve_columns(self, patterns: Sequence[str]) -> list[str]: ...
+
+    def has_column(self, name: str) -> bool: ...
+
+    def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]: ...
+
+    def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table: ...
+
+    def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]: ...
+
+    def read_runs(self) -> list[dict[str, Any]] | None: ...
+
+
+def _is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[") or (name.startswith("/") and name.endswith("/") and len(name) > 1)
+
+
+def _match_names(available: Sequence[str], patterns: Sequence[str], where: str, tree: str | None) -> list[str]:
+    """Resolve exact names and uproot-style patterns (globs or /regex/) against available names, in order."""
+    chosen: list[str] = []
+    seen: set[str] = set()
+    missing: list[str] = []
+    for pattern in patterns:
+        if _is_pattern(pattern):
+            if pattern.startswith("/") and pattern.endswith("/"):
+                regex = re.compile(pattern[1:-1])
+                found = [n for n in available if regex.search(n)]
+            else:
+                found = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+            if not found:
+                missing.append(pattern)
+        else:
+            found = [pattern] if pattern in available else []
+            if not found:
+                missing.append(pattern)
+        for name in found:
+            if name not in seen:
+                seen.add(name)
+                chosen.append(name)
+    if missing:
+        raise MissingColumnError(
+            f"no column matches {missing} (it has {len(available)} columns)", path=where, tree=tree
+        )
+    return chosen
+
+
+class RootSource:
+    """A TTree in a ROOT file, read with uproot."""
+
+    def __init__(self, path: str, tree: str, storage_options: StorageOptions | None = None) -> None:
+        import uproot
+
+        self.path = path
+        self.tree = tree
+        options = dict(storage_options or {})
+        try:
+            self._file = uproot.open(path, **options)
+        except FileNotFoundError as error:
+            raise InputFileError(f"no such file: {error}", path=path) from None
+        except Exception as error:  # noqa: BLE001 - uproot raises many types for a non-ROOT/truncated file
+            raise InputFileError(f"cannot open as a ROOT file: {type(error).__name__}: {error}", path=path) from None
+        try:
+            self._tree = self._file[tree]
+        except KeyError:
+            trees = [k.split(";")[0] for k, c in self._file.classnames().items() if c in ("TTree", "ROOT::RNTuple")]
+            raise InputFileError(f"no tree {tree!r} (trees here: {trees})", path=path, tree=tree) from None
+        except Exception as error:  # noqa: BLE001 - a corrupt directory raises from deep inside uproot
+            raise InputFileError(f"cannot read tree: {type(error).__name__}: {error}", path=path, tree=tree) from None
+        try:
+            self._names = list(self._tree.keys(recursive=True, full_paths=True))
+        except Exception as error:  # noqa: BLE001
+            raise InputFileError(f"cannot list branches: {error}", path=path, tree=tree) from None
+        self._name_set = set(self._names)
+
+    @property
+    def num_entries(self) -> int:
+        return int(self._tree.num_entries)
+
+    def identity(self) -> FileIdentity:
+        source = self._file.file.source
+        size = int(getattr(source, "num_bytes", 0) or 0)
+        return FileIdentity(self.path, size, str(self._file.file.uuid))
+
+    def has_column(self, name: str) -> bool:
+        return name in self._name_set
+
+    def resolve_columns(self, patterns: Sequence[str]) -> list[str]:
+        return _match_names(self._names, patterns, self.path, self.tree)
+
+    def _check(self, names: Sequence[str]) -> None:
+        missing = [n for n in names if n not in self._name_set]
+        if missing:
+            raise MissingColumnError(f"no branch {missing}", path=self.path, tree=self.tree)
+
+    def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]:
+        self._check(names)
+        try:
+            arrays = self._tree.arrays(list(names), library="np", entry_start=start, entry_stop=stop)
+        except Exception as error:  # noqa: BLE001 - decompression/basket errors of a damaged file
+            raise InputFileError(f"cannot read key branches: {type(error).__name__}: {error}",
+                                 path=self.path, tree=self.tree) from None
+        where = f"{self.path} [{self.tree}]"
+        return [validate_key_array(name, arrays[name], where=where) for name in names]
+
+    def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:
+        self._check(names)
+        if not names:
+            return pa.table({}).append_column("_", pa.nulls(max(stop - start, 0))).drop(["_"])
+        try:
+            arrays = self._tree.arrays(list(names), library="ak", entry_start=start, entry_stop=stop)
+        except Exception as error:  # noqa: BLE001
+            raise InputFileError(f"cannot read branches: {type(error).__name__}: {error}",
+                                 path=self.path, tree=self.tree) from None
+        return awkward_to_arrow(arrays, names)
+
+    def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:
+        try:
+            arrays = self._tree.arrays(
+                [_CUT_ALIAS], aliases={_CUT_ALIAS: cut}, library="ak", entry_start=start, entry_stop=stop
+            )
+        except Exception as error:  # noqa: BLE001 - uproot raises KeyInFileError/SyntaxError/NameError
+            raise SpecError(f"primary.cut {cut!r} cannot be evaluated on {self.path}: {error}") from None
+        mask = arrays[_CUT_ALIAS]
+        if mask.ndim != 1:
+            raise SpecError(f"primary.cut {cut!r} must give one boolean per event, not one per object")
+        return np.asarray(ak.to_numpy(mask)).astype(bool)
+
+    def read_runs(self) -> list[dict[str, Any]] | None:
+        try:
+            runs = self._file["Runs"]
+            arrays = runs.arrays(library="ak")
+        except Exception:  # noqa: BLE001 - no Runs tree (data files, friends) is normal
+            return None
+        result: list[dict[str, Any]] = ak.to_list(arrays)
+        return result
+
+
+def awkward_to_arrow(arrays: ak.Array, names: Sequence[str]) -> pa.Table:
+    """Convert uproot's record array to an Arrow table with one column per branch, in `names` order."""
+    columns = []
+    for name in names:
+        array = ak.to_arrow(arrays[name], extensionarray=False, list_to32=True)
+        columns.append(array)
+    return pa.Table.from_arrays(columns, names=list(names))
+
+
+class ParquetSource:
+    """A Parquet file (for example another ServiceX request's output), read with pyarrow (fsspec URLs)."""
+
+    def __init__(self, path: str, storage_options: StorageOptions | None = None) -> None:
+        self.path = path
+        self.tree = None
+        try:
+            if "://" in path and not path.startswith("file://"):
+                import fsspec
+
+                self._fs, self._fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+                handle = self._fs.open(self._fs_path, "rb")
+                self._parquet = pq.ParquetFile(handle)
+                self._size = int(self._fs.size(self._fs_path))
+                info = self._fs.info(self._fs_path)
+                self._etag = str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
+            else:
+                local = Path(path.removeprefix("file://"))
+                self._parquet = pq.ParquetFile(local)
+                stat = local.stat()
+                self._size = stat.st_size
+                self._etag = f"mtime:{stat.st_mtime_ns}"
+        except FileNotFoundError:
+            raise InputFileError("no such file", path=path) from None
+        except (OSError, pa.ArrowInvalid, ValueError) as error:
+            raise InputFileError(f"cannot open as Parquet: {error}", path=path) from None
+        self._names = list(self._parquet.schema_arrow.names)
+        self._name_set = set(self._names)
+        self._cache: tuple[int, int, pa.Table] | None = None
+
+    @property
+    def num_entries(self) -> int:
+        return int(self._parquet.metadata.num_rows)
+
+    def identity(self) -> FileIdentity:
+        return FileIdentity(self.path, self._size, self._etag)
+
+    def has_column(self, name: str) -> bool:
+        return name in self._name_set
+
+    def resolve_columns(self, patterns: Sequence[str]) -> list[str]:
+        return _match_names(self._names, patterns, self.path, None)
+
+    def _read(self, names: Sequence[str], start: int, stop: int) -> pa.Table:
+        missing = [n for n in names if n not in self._name_set]
+        if missing:
+            raise MissingColumnError(f"no column {missing}", path=self.path)
+        metadata = self._parquet.metadata
+        groups, first_row, row = [], None, 0
+        for index in range(metadata.num_row_groups):
+            rows = metadata.row_group(index).num_rows
+            if row + rows > start and row < stop:
+                groups.append(index)
+                if first_row is None:
+                    first_row = row
+            row += rows
+        try:
+            if not groups:
+                table = self._parquet.schema_arrow.empty_table().select(list(names))
+                return table
+            table = self._parquet.read_row_groups(groups, columns=list(names))
+        except (OSError, pa.ArrowInvalid) as error:
+            raise InputFileError(f"cannot read Parquet row groups: {error}", path=self.path) from None
+        offset = start - (first_row or 0)
+        return table.slice(offset, stop - start)
+
+    def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]:
+        table = self._read(names, start, stop)
+        result = []
+        for name in names:
+            column = table.column(name)
+            if column.null_count:
+                raise InputFileError(f"key column {name!r} holds nulls", path=self.path)
+            result.append(validate_key_array(name, column.to_numpy(), where=self.path))
+        return result
+
+    def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:
+        return self._read(names, start, stop)
+
+    def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:
+        raise SpecError(f"primary.cut is supported for ROOT primaries only ({self.path} is Parquet)")
+
+    def read_runs(self) -> list[dict[str, Any]] | None:
+        return None
+
+
+def open_source(
+    path: str, *, tree: str, file_format: FileFormat | None = None, storage_options: StorageOptions | None = None
+) -> TableSource:
+    """Open a ROOT tree or a Parquet file (format by argument, else by extension)."""
+    if file_format is None:
+        lowered = path.lower().split("?")[0]
+        file_format = FileFormat.PARQUET if lowered.endswith((".parquet", ".pq")) else FileFormat.ROOT
+    if file_format is FileFormat.PARQUET:
+        return ParquetSource(path, storage_options)
+    return RootSource(path, tree, storage_options)
+
+
+def file_identity(path: str, storage_options: StorageOptions | None = None, *, tree: str = "Events") -> FileIdentity:
+    """Identity (path, size, ROOT UUID or ETag) of a file, for content-addressed caching."""
+    fmt = FileFormat.PARQUET if path.lower().endswith((".parquet", ".pq")) else FileFormat.ROOT
+    if fmt is FileFormat.PARQUET:
+        return ParquetSource(path, storage_options).identity()
+    import uproot
+
+    try:
+        with uproot.open(path, **dict(storage_options or {})) as handle:
+            source = handle.file.source
+            return FileIdentity(path, int(getattr(source, "num_bytes", 0) or 0), str(handle.file.uuid))
+    except FileNotFoundError:
+        raise InputFileError("no such file", path=path) from None
+    except Exception as error:  # noqa: BLE001
+        raise InputFileError(f"cannot open as a ROOT file: {error}", path=path) from None
+
+
+def expand_paths(patterns: Sequence[str], storage_options: StorageOptions | None = None) -> list[str]:
+    """Expand globs of local paths and s3:// URLs, keeping order and URLs of other schemes as they are."""
+    result: list[str] = []
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            result.append(pattern)
+            continue
+        if pattern.startswith("s3://"):
+            import fsspec
+
+            fs, _ = fsspec.core.url_to_fs(pattern, **dict(storage_options or {}))
+            matches = sorted("s3://" + m for m in fs.glob(pattern))
+        elif "://" in pattern and not pattern.startswith("file://"):
+            raise SpecError(f"globs are supported for local paths and s3:// only, not {pattern!r}")
+        else:
+            matches = sorted(glob.glob(pattern.removeprefix("file://")))
+        if not matches:
+            raise SpecError(f"no file matches {pattern!r}")
+        result.extend(matches)
+    return result

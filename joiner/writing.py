@@ -1,0 +1,158 @@
+"""Writing joined rows: Parquet (the default) or a ROOT TTree, always through a temporary name.
+
+A sink is opened with the output schema, takes chunks, and on `commit` writes the metadata and renames the
+temporary file onto the final name, so a reader (or a crashed run) never sees a partial output. `abort`
+removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METADATA_KEY = "servicex_joiner"
+RUNS_KEY = "servicex_joiner.runs"
+ROOT_TREE_NAME = "servicex"
+
+
+class Sink(Protocol):
+    def write(self, table: pa.Table) -> None: ...
+
+    def commit(self, metadata: Mapping[str, Any]) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class ParquetSink:
+    """Parquet with zstd compression; the join metadata goes into the file's key-value metadata."""
+
+    def __init__(self, path: Path, schema: pa.Schema, *, runs: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self._tmp = _temporary(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._schema = schema
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self._runs = runs
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._writer.write_table(table.cast(self._schema) if table.schema != self._schema else table)
+        self._rows += table.num_rows
+
+    def commit(self, metadata: Mapping[str, Any]) -> int:
+        extra = {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}
+        if self._runs is not None:
+            extra[RUNS_KEY] = json.dumps(self._runs, default=float)
+        self._writer.add_key_value_metadata(extra)
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        except (OSError, pa.ArrowException):
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+
+class RootSink:
+    """A TTree named `servicex` written with uproot, NanoAOD-style (`nJet`, `Jet_pt`).
+
+    ROOT has no nulls: a missing list is written empty, a missing number as NaN (floats) or 0 (integers);
+    the `<friend>_matched` flags tell them apart from real values.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, *, runs: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self._tmp = _temporary(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._schema = schema
+        self._chunks: list[pa.Table] = []
+        self._runs = runs
+
+    def write(self, table: pa.Table) -> None:
+        self._chunks.append(table)
+
+    def commit(self, metadata: Mapping[str, Any]) -> int:
+        import awkward as ak
+        import numpy as np
+        import uproot
+
+        table = pa.concat_tables(self._chunks) if self._chunks else self._schema.empty_table()
+        branches: dict[str, Any] = {}
+        collections: dict[str, dict[str, Any]] = {}
+        for name in table.column_names:
+            column = table.column(name).combine_chunks()
+            array = ak.from_arrow(column, highlevel=True)
+            array = _fill_nulls(array, column.type)
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                prefix, _, field = name.partition("_")
+                if field:
+                    collections.setdefault(prefix, {})[field] = array
+                    continue
+            branches[name] = array
+        for prefix, fields in collections.items():
+            counts = [ak.num(a) for a in fields.values()]
+            if all(bool(ak.all(c == counts[0])) for c in counts[1:]):
+                branches.pop("n" + prefix, None)
+                branches[prefix] = ak.zip(fields, depth_limit=1)
+            else:  # lengths differ (e.g. emptied missing rows): separate branches with their own counters
+                for field, array in fields.items():
+                    branches[f"{prefix}_{field}"] = array
+        with uproot.recreate(self._tmp) as handle:
+            if table.num_rows == 0:
+                types = {k: (v.type.content if hasattr(v.type, "content") else v.type) for k, v in branches.items()}
+                handle.mktree(ROOT_TREE_NAME, types, field_name=_field_name, counter_name=_counter_name)
+            else:
+                handle.mktree(
+                    ROOT_TREE_NAME,
+                    {k: v.type.content for k, v in branches.items()},
+                    field_name=_field_name,
+                    counter_name=_counter_name,
+                )
+                handle[ROOT_TREE_NAME].extend(branches)
+            handle["servicex_joiner_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
+            del np
+        os.replace(self._tmp, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        self._tmp.unlink(missing_ok=True)
+
+
+def _field_name(outer: str, inner: str) -> str:
+    return inner if outer == "" else outer + "_" + inner
+
+
+def _counter_name(counted: str) -> str:
+    return "n" + counted
+
+
+def _fill_nulls(array: Any, data_type: pa.DataType) -> Any:
+    import awkward as ak
+    import numpy as np
+
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return ak.fill_none(array, [], axis=0)
+    if pa.types.is_floating(data_type):
+        return ak.fill_none(array, np.nan)
+    if pa.types.is_boolean(data_type):
+        return ak.fill_none(array, False)
+    return ak.fill_none(array, 0)
+
+
+def open_sink(path: Path, schema: pa.Schema, *, root: bool, runs: list[dict[str, Any]] | None) -> Sink:
+    return RootSink(path, schema, runs=runs) if root else ParquetSink(path, schema, runs=runs)
