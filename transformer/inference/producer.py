@@ -81,8 +81,9 @@ class TritonColumnProducer:
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        # A copy for another process: no connection, no thread; metrics go to that process's registry.
         state = self.__dict__.copy()
-        state.update(_lock=None, _client=None, _plans=None, _models={}, metrics=None)
+        state.update(_lock=None, _client=None, _plans=None, _models={}, _registry=None, metrics=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
