@@ -1,0 +1,42 @@
+"""`servicex-joiner serve`: the code generator on uvicorn.
+
+Binds 127.0.0.1 unless told otherwise (`--host 0.0.0.0` in the image and the chart). uvicorn stops
+gracefully on SIGTERM (finishes the requests in flight), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from transformer.api.app import create_app
+from transformer.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Entry of the `serve` subcommand: serve the code generator on `args.host`:`args.port`."""
+    settings = get_settings()
+    app = create_app(settings)
+    log.info(
+        "code generator on %s:%d: image %s, allowed locations %s, at most %d friend files, %d bytes per spec",
+        args.host,
+        args.port,
+        settings.service.science_image,
+        ",".join(settings.worker.allowed_locations),
+        settings.worker.max_friend_files,
+        settings.worker.max_friend_bytes,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=str(getattr(args, "log_level", "info")).lower(),
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
+    return 0
