@@ -290,6 +290,16 @@ class _FileJoin:
         return SourcePool(index.paths, tree=index.tree or self.spec.default_tree, file_format=index.file_format,
                           storage_options=self.options)
 
+    def _own_fragment(self, source: TableSource, dataset: str) -> KeyFragment:
+        """This file's key fragment: from its dataset's index when that was built already, else read."""
+        index = self.indexes.get(dataset)
+        if index is not None:
+            identity = source.identity()
+            for fragment in index.fragments:
+                if fragment.identity == identity and fragment.tree == source.tree:
+                    return fragment
+        return build_fragment(source, self.keys)
+
     def _own_duplicates(self, fragment: KeyFragment, name: str) -> npt.NDArray[np.bool_] | None:
         """Entries of this file that repeat an earlier key: refused, or (duplicates: first) dropped."""
         if fragment.num_entries < 2:
@@ -379,7 +389,7 @@ class _FileJoin:
         for index in friend_indexes:
             self.inputs.extend(f.identity.as_dict() for f in index.fragments)
         plan = make_plan(self.spec, source, [pool.source(0) for pool in pools])
-        fragment = build_fragment(source, self.keys)
+        fragment = self._own_fragment(source, "primary")
         drop = self._own_duplicates(fragment, self.input_path)
         aligned = [
             index.aligned_fragment(fragment.num_entries, fragment.first_key, fragment.last_key)
@@ -508,7 +518,7 @@ class _FileJoin:
         pool = self._pool(primary_index)
         plan = make_plan(self.spec, pool.source(0), [source])
         del friend_index  # built for its duplicate check across the friend dataset
-        fragment = build_fragment(source, self.keys)
+        fragment = self._own_fragment(source, friend.name)
         drop = self._own_duplicates(fragment, self.input_path)
         self.counts.matched.setdefault(friend.name, 0)
         self.counts.unmatched.setdefault(friend.name, 0)

@@ -108,7 +108,7 @@ class RootSink:
             counts = [ak.num(a) for a in fields.values()]
             if all(bool(ak.all(c == counts[0])) for c in counts[1:]):
                 branches.pop("n" + prefix, None)
-                branches[prefix] = ak.zip(fields, depth_limit=1)
+                branches[prefix] = ak.zip(fields)
             else:  # lengths differ (e.g. emptied missing rows): separate branches with their own counters
                 for field, array in fields.items():
                     branches[f"{prefix}_{field}"] = array
