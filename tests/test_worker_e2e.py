@@ -1,0 +1,159 @@
+"""The worker end to end: real RabbitMQ, tasks published by real Celery, real S3 (SeaweedFS), the real
+engine, and a recorder of the App's file-complete endpoint. Good files, a corrupt file, an unsupported
+format, a malformed message, a friend with duplicate keys, a friend outside the allowed locations."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uproot
+
+from tests.fixtures.app_recorder import AppRecorder
+from tests.fixtures.rabbitmq import AppPublisher
+from tests.fixtures.seaweedfs import S3Server, free_port
+from tests.worker_support import WorkerProcess, truncated_copy, write_friend, write_spec
+from transformer.naming import object_name
+from transformer.settings import ObjectStoreSettings
+from transformer.storage.s3 import S3Store
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _env(s3: S3Server, allowed: str, **extra: str) -> dict[str, str]:
+    return {
+        **s3.env(), "JOINER_ALLOWED_LOCATIONS": allowed, "POD_NAME": "pod-a", "HOST_NAME": "node-a",
+        "JOINER_BACKOFF_S": "0.2", "JOINER_REPORT_REQUEUE_DELAY_S": "0.3", "JOINER_FILE_DEADLINE_S": "120",
+        **extra,
+    }
+
+
+@pytest.fixture
+def inputs(tmp_path: Path, data_dir: Path) -> dict[str, Path]:
+    """Two real NanoAOD files (copied), their reordered friends, and a corrupt file."""
+    files: dict[str, Path] = {}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "friends").mkdir()
+    for name in ("nano_dy.root", "nano_dimuon.root"):
+        files[name] = shutil.copy(data_dir / name, tmp_path / "in" / name)
+        write_friend(files[name], tmp_path / "friends" / ("sf_" + name), seed=7, reorder=True)
+    truncated_copy(data_dir / "nano_dy.root", tmp_path / "in" / "corrupt.root")
+    files["corrupt.root"] = tmp_path / "in" / "corrupt.root"
+    return files
+
+
+def test_worker_end_to_end(
+    tmp_path: Path, inputs: dict[str, Path], s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder,
+) -> None:
+    spec = write_spec(tmp_path / "join_spec.json", [
+        {"name": "sys", "files": [str(tmp_path / "friends" / "sf_*.root")], "columns": ["sf"], "how": "left"}
+    ])
+    worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec,
+                           env=_env(s3_server, str(tmp_path) + "/"), log=tmp_path / "worker.log",
+                           probe_port=free_port())
+    try:
+        worker.wait_ready()
+        endpoint = app_recorder.endpoint(request_id)
+        good = [inputs["nano_dy.root"], inputs["nano_dimuon.root"]]
+        app_publisher.send_file(request_id, 1, [str(good[0])], endpoint)
+        app_publisher.send_file(request_id, 2, [str(inputs["corrupt.root"])], endpoint)
+        # a malformed message between tasks: rejected, logged with its delivery tag
+        import pika
+
+        connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+        connection.channel().basic_publish("", f"transformer-{request_id}", b"\x00garbage",
+                                           pika.BasicProperties(headers={"task": "transformer_sidecar.transform_file"},
+                                                                content_type="application/json"))
+        connection.close()
+        # the first replica is missing: the second one is used and names the object
+        app_publisher.send_file(request_id, 3, [str(tmp_path / "in" / "gone.root"), str(good[1])], endpoint)
+        app_publisher.send_file(request_id, 4, [str(good[0])], endpoint, result_format="root-rntuple")
+        reports = app_recorder.wait_for(request_id, 4, timeout_s=120)
+        by_id = {r["file-id"]: r for r in reports}
+        assert sorted(by_id) == [1, 2, 3, 4]
+
+        store = S3Store(ObjectStoreSettings.model_validate(s3_server.settings().model_dump()))
+        for file_id, path in ((1, good[0]), (3, good[1])):
+            report = by_id[file_id]
+            assert report["status"] == "success"
+            assert report["file-path"] == str(path)
+            assert report["s3-object-name"] == object_name(str(path), parquet=True)
+            assert report["requestId"] == request_id
+            assert report["place"] == {"host_name": "node-a", "site": "unknown", "pod": "pod-a"}
+            data = store.get_bytes(request_id, report["s3-object-name"])
+            assert data is not None and report["total-bytes"] == len(data)
+            table = pq.read_table(io.BytesIO(data))
+            primary = uproot.open(path)["Events"].arrays(["event", "nMuon"], library="np")
+            assert report["total-events"] == table.num_rows == len(primary["event"])
+            assert np.array_equal(table["event"].to_numpy(), primary["event"])
+            assert np.array_equal(table["nMuon"].to_numpy(), primary["nMuon"])
+            expected_sf = (primary["event"] % 1000).astype(np.float32) / 1000
+            assert np.allclose(table["sf"].to_numpy(), expected_sf)
+            assert table["sys_matched"].to_pylist() == [True] * table.num_rows
+        assert sorted(store.list_names(request_id)) == sorted(
+            [by_id[1]["s3-object-name"], by_id[3]["s3-object-name"]]
+        )
+        for file_id in (2, 4):
+            assert by_id[file_id]["status"] == "failure"
+            assert by_id[file_id]["s3-object-name"] == "none"
+            assert by_id[file_id]["total-bytes"] == 0
+        log = worker.log()
+        assert f"file_id=2 FAILED (input) for {inputs['corrupt.root']}" in log
+        assert "unsupported result_format 'root-rntuple'" in log
+        assert "delivery_tag=" in log and "rejected without requeue: invalid task message" in log
+
+        metrics = worker.probe("/metrics").text
+        assert "servicex_joiner_files_done_total 2.0" in metrics
+        assert 'servicex_joiner_files_failed_total{reason="format"} 1.0' in metrics
+        assert "servicex_joiner_invalid_messages_total 1.0" in metrics
+        assert 'servicex_joiner_join_matched_total{friend="sys"}' in metrics
+        assert worker.probe("/healthz").status_code == 200
+        assert json.loads(worker.probe("/readyz").text)["ready"] is True
+    finally:
+        code = worker.terminate()
+    assert code == 0, worker.log()
+    assert "worker stopped" in worker.log()
+
+
+def test_refused_joins_fail_every_file(
+    tmp_path: Path, inputs: dict[str, Path], s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder,
+) -> None:
+    dup = tmp_path / "friends" / "dup.root"
+    write_friend(inputs["nano_dy.root"], dup, seed=1, reorder=True, duplicate=True)
+    spec = write_spec(tmp_path / "join_spec.json", [
+        {"name": "dup", "files": [str(dup)], "columns": ["sf"]},
+    ])
+    outside = write_spec(tmp_path / "outside_spec.json", [
+        {"name": "far", "files": ["/etc/friends.root"], "columns": ["sf"]},
+    ])
+    endpoint = app_recorder.endpoint(request_id)
+    worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec,
+                           env=_env(s3_server, str(tmp_path) + "/"), log=tmp_path / "dup.log",
+                           probe_port=free_port())
+    try:
+        worker.wait_ready()
+        app_publisher.send_file(request_id, 1, [str(inputs["nano_dy.root"])], endpoint)
+        app_publisher.send_file(request_id, 2, [str(inputs["nano_dimuon.root"])], endpoint)
+        reports = app_recorder.wait_for(request_id, 2, timeout_s=60)
+        assert {r["status"] for r in reports} == {"failure"}
+        assert "duplicate event key" in worker.log()
+    finally:
+        assert worker.terminate() == 0
+    other = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=outside,
+                          env=_env(s3_server, str(tmp_path) + "/"), log=tmp_path / "outside.log",
+                          probe_port=free_port())
+    try:
+        other.wait_ready()
+        app_publisher.send_file(request_id, 3, [str(inputs["nano_dy.root"])], endpoint)
+        reports = app_recorder.wait_for(request_id, 3, timeout_s=60)
+        assert reports[-1]["status"] == "failure" and reports[-1]["file-id"] == 3
+        assert "'/etc/friends.root' is not in an allowed location" in other.log()
+    finally:
+        assert other.terminate() == 0
