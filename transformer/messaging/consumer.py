@@ -166,6 +166,7 @@ class QueueConsumer:
         params.heartbeat = self.heartbeat_s
         params.blocked_connection_timeout = 300
         params.connection_attempts = 1
+        params.client_properties = {"connection_name": f"servicex-joiner {self.queue}"}
         self._connection = pika.BlockingConnection(params)
         self.state.connected = True
         log.info("queue=%s connected to RabbitMQ", self.queue)
