@@ -262,6 +262,7 @@ class _FileJoin:
         self.keys = list(spec.key_columns)
         self.counts = _Counts()
         self.inputs: list[dict[str, Any]] = []
+        self.paths_taken: dict[str, set[str]] = {}
 
     # -- set-up -------------------------------------------------------------------------------------
     def _friend_index(self, friend: FriendSpec) -> DatasetIndex:
@@ -377,6 +378,7 @@ class _FileJoin:
                 "unmatched": self.counts.unmatched,
             },
             "key_digest": digest.hexdigest(),
+            "join_paths": {name: sorted(paths) for name, paths in self.paths_taken.items()},
             "producers": [dict(p.describe()) for p in self.producers],
         }
 
@@ -457,7 +459,9 @@ class _FileJoin:
                 if len(rows_in_chunk) != stop - start:
                     columns = columns.take(pa.array(rows_in_chunk))
                 self.counts.matched[friend.name] += len(rows.entries)
+                self.paths_taken.setdefault(friend.name, set()).add("aligned")
                 return self._append(rows, side, friend, columns, np.ones(len(rows.entries), dtype=bool))
+        self.paths_taken.setdefault(friend.name, set()).add("merge")
         candidates = index.candidates(rows.keys)
         how = How.INNER if friend.how is How.INNER else How.LEFT
         match = match_keys(

@@ -156,3 +156,18 @@ def _fill_nulls(array: Any, data_type: pa.DataType) -> Any:
 
 def open_sink(path: Path, schema: pa.Schema, *, root: bool, runs: list[dict[str, Any]] | None) -> Sink:
     return RootSink(path, schema, runs=runs) if root else ParquetSink(path, schema, runs=runs)
+
+
+def read_join_metadata(path: str | Path) -> dict[str, Any]:
+    """The join metadata of an output Parquet file (spec hash, inputs, keys, row counts, key digest)."""
+    raw = pq.read_metadata(path).metadata or {}
+    value = raw.get(METADATA_KEY.encode())
+    result: dict[str, Any] = json.loads(value) if value else {}
+    return result
+
+
+def read_runs(path: str | Path) -> list[dict[str, Any]] | None:
+    """The primary file's `Runs` tree (genEventSumw, ...) carried in an output's metadata, if it had one."""
+    raw = pq.read_metadata(path).metadata or {}
+    value = raw.get(RUNS_KEY.encode())
+    return json.loads(value) if value else None

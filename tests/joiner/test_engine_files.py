@@ -1,0 +1,311 @@
+"""File-level joins on real NanoAOD/PHYSLITE files: every join kind, the checks, the output format."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uproot
+
+import joiner
+from joiner.engine import OutputFormat, Role, join_file, resolve_friend_indexes
+from joiner.errors import DuplicateKeyError, InputFileError, KeyMismatchError, MissingColumnError, SchemaError
+from joiner.spec import parse_spec
+from joiner.writing import read_join_metadata, read_runs
+from tests.joiner import friends
+
+KEY = ["run", "luminosityBlock", "event"]
+
+
+def _spec(primary: Path, friend_list: list[dict], **extra) -> joiner.JoinSpec:
+    return parse_spec({"primary": {"files": [str(primary)], "columns": ["Jet_pt", "MET_pt"]},
+                       "friends": friend_list, **extra})
+
+
+def _friend(name: str, files: list[Path], **extra) -> dict:
+    return {"name": name, "files": [str(f) for f in files], "tree": "Friends", "columns": ["sf", "Jet_sf"],
+            "prefix": f"{name}_", **extra}
+
+
+def _metadata(path: Path) -> dict:
+    return read_join_metadata(path)
+
+
+def _check_values(out: ak.Array, name: str) -> None:
+    matched = out[f"{name}_matched"]
+    assert ak.all(out[f"{name}_sf"][matched] == out.MET_pt[matched] * 2)
+    assert ak.all(ak.flatten(out[f"{name}_Jet_sf"][matched]) == ak.flatten(out.Jet_pt[matched]) * 0.5)
+    assert ak.all(ak.is_none(out[f"{name}_sf"][~matched]))
+    assert ak.all(ak.is_none(out[f"{name}_Jet_sf"][~matched]))
+
+
+def test_aligned_reordered_regrouped_left_joins(nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(nano_dy, [
+        _friend("al", [friends.aligned(nano_dy, tmp_path)]),
+        _friend("sh", [friends.shuffled(nano_dy, tmp_path, drop=0.1)]),
+        _friend("rg", friends.regrouped([nano_dy], tmp_path, drop=0.2)),
+    ])
+    result = join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    primary = friends.read_primary(nano_dy)
+    assert len(out) == len(primary) == result.events_in == result.events_out == 40
+    assert ak.all(out.event == primary.event)  # primary order kept
+    for name in ("al", "sh", "rg"):
+        _check_values(out, name)
+    assert result.matched == {"al": 40, "sh": 36, "rg": 32}
+    assert result.unmatched == {"al": 0, "sh": 4, "rg": 8}
+    meta = _metadata(tmp_path / "out.parquet")
+    assert meta["join_paths"] == {"al": ["aligned"], "sh": ["merge"], "rg": ["merge"]}
+    assert meta["key_columns"] == KEY
+    assert meta["rows"]["matched"]["sh"] == 36
+    assert meta["spec_hash"] == spec.spec_hash()
+    assert any(i["uuid"] for i in meta["inputs"])
+    assert len(meta["key_digest"]) == 64
+
+
+def test_schema_is_nanoaod_style(nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(nano_dy, [_friend("sh", [friends.shuffled(nano_dy, tmp_path, drop=0.1)])])
+    join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    schema = pq.read_schema(tmp_path / "out.parquet")
+    assert schema.names[:4] == [*KEY, "nJet"]
+    assert str(schema.field("run").type) == "uint32"
+    assert str(schema.field("event").type) == "uint64"
+    assert not schema.field("event").nullable
+    assert not schema.field("Jet_pt").nullable
+    assert schema.field("sh_Jet_sf").nullable
+    assert not schema.field("sh_Jet_sf").type.value_field.nullable
+    assert not schema.field("sh_matched").nullable
+    runs = read_runs(tmp_path / "out.parquet")
+    assert runs is not None
+    assert runs[0]["genEventCount_"] == 850098
+
+
+def test_inner_join_keeps_only_matched(nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(nano_dy, [_friend("sh", [friends.shuffled(nano_dy, tmp_path, drop=0.25)], how="inner")])
+    result = join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    assert result.events_out == len(out) == 30
+    assert ak.all(out.sh_matched)
+    _check_values(out, "sh")
+
+
+def test_chunked_equals_unchunked(nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(nano_dy, [
+        _friend("al", [friends.aligned(nano_dy, tmp_path)]),
+        _friend("rg", friends.regrouped([nano_dy], tmp_path, drop=0.2)),
+    ])
+    join_file(spec, str(nano_dy), tmp_path / "whole.parquet")
+    join_file(spec, str(nano_dy), tmp_path / "chunked.parquet", chunk_entries=7)
+    whole = pq.read_table(tmp_path / "whole.parquet")
+    chunked = pq.read_table(tmp_path / "chunked.parquet")
+    assert whole.equals(chunked)
+
+
+def _outer_reference(primary: Path, friend_path: Path, how: str) -> ak.Array:
+    events = friends.read_primary(primary)
+    friend = uproot.open(friend_path)["Friends"].arrays([*KEY, "sf", "Jet_sf"])
+    return joiner.join(events, {"f": friend}, how=how, prefix={"f": "f_"})
+
+
+def _rows(array: ak.Array) -> list[tuple]:
+    return sorted(
+        (int(r["event"]), r["MET_pt"], r["f_sf"], tuple(r["Jet_pt"] or ()), tuple(r["f_Jet_sf"] or ()))
+        for r in ak.to_list(array)
+    )
+
+
+def test_outer_join_is_left_part_plus_anti_parts(nano_dy: Path, tmp_path: Path) -> None:
+    events = friends.read_primary(nano_dy)
+    # the friend misses 10 primary events and has 5 events the primary does not
+    extra = events[:5]
+    extra = ak.with_field(extra, extra.event + 10**9, "event")
+    friend_events = ak.concatenate([events[10:], extra])
+    friend_path = friends.write_friend(tmp_path / "outer_friend.root", friend_events)
+    spec = _spec(nano_dy, [{"name": "f", "files": [str(friend_path)], "tree": "Friends",
+                            "columns": ["sf", "Jet_sf"], "prefix": "f_", "how": "outer"}])
+    left = join_file(spec, str(nano_dy), tmp_path / "left.parquet")
+    anti = join_file(spec, str(friend_path), tmp_path / "anti.parquet")
+    assert left.events_out == 40
+    assert anti.events_out == 5
+    assert pq.read_schema(tmp_path / "left.parquet").equals(pq.read_schema(tmp_path / "anti.parquet"))
+    union = ak.concatenate([ak.from_parquet(tmp_path / "left.parquet"), ak.from_parquet(tmp_path / "anti.parquet")])
+    reference = _outer_reference(nano_dy, friend_path, "outer")
+    assert len(union) == len(reference) == 45
+    assert _rows(union) == _rows(reference)
+    anti_rows = ak.from_parquet(tmp_path / "anti.parquet")
+    assert ak.all(ak.is_none(anti_rows.MET_pt)) and ak.all(ak.is_none(anti_rows.Jet_pt))
+
+
+def test_right_join_runs_over_friend_files(nano_dy: Path, tmp_path: Path) -> None:
+    friend_paths = friends.regrouped([nano_dy], tmp_path, n_files=2, drop=0.3)
+    spec = _spec(nano_dy, [{"name": "f", "files": [str(p) for p in friend_paths], "tree": "Friends",
+                            "columns": ["sf", "Jet_sf"], "prefix": "f_", "how": "right"}])
+    parts = []
+    for number, path in enumerate(friend_paths):
+        result = join_file(spec, str(path), tmp_path / f"right_{number}.parquet")
+        assert result.events_out == result.events_in
+        parts.append(ak.from_parquet(tmp_path / f"right_{number}.parquet"))
+    union = ak.concatenate(parts)
+    assert len(union) == 28
+    assert ak.all(union.f_sf == union.MET_pt * 2)  # every friend row found its primary
+
+
+def test_right_join_with_primary_cut_treats_cut_rows_as_missing(nano_dy: Path, tmp_path: Path) -> None:
+    friend_path = friends.aligned(nano_dy, tmp_path)
+    spec = parse_spec({
+        "primary": {"files": [str(nano_dy)], "columns": ["MET_pt"], "cut": "MET_pt > 20"},
+        "friends": [{"name": "f", "files": [str(friend_path)], "tree": "Friends", "columns": ["sf"],
+                     "prefix": "f_", "how": "right"}],
+    })
+    join_file(spec, str(friend_path), tmp_path / "right.parquet")
+    out = ak.from_parquet(tmp_path / "right.parquet")
+    assert len(out) == 40
+    passing = ~ak.is_none(out.MET_pt)
+    assert ak.all(out.f_sf[passing] / 2 > 20)
+    assert ak.all(out.f_sf[~passing] / 2 <= 20)
+
+
+def test_cut_applies_before_the_join(nano_dy: Path, tmp_path: Path) -> None:
+    spec = parse_spec({
+        "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt", "MET_pt"], "cut": "(nJet >= 3) & (MET_pt > 15)"},
+        "friends": [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])],
+    })
+    join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    primary = friends.read_primary(nano_dy)
+    expected = primary[(ak.num(primary.Jet_pt) >= 3) & (primary.MET_pt > 15)]
+    assert 0 < len(out) == len(expected) < 40
+    assert ak.all(out.event == expected.event)
+    _check_values(out, "sh")
+
+
+def test_duplicate_friend_keys_are_refused_or_first_kept(nano_dy: Path, tmp_path: Path) -> None:
+    duplicate = friends.with_duplicate(nano_dy, tmp_path)
+    spec = _spec(nano_dy, [_friend("d", [duplicate])])
+    with pytest.raises(DuplicateKeyError) as caught:
+        join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    assert "duplicate.root" in str(caught.value)
+    assert not (tmp_path / "out.parquet").exists()
+    spec_first = _spec(nano_dy, [_friend("d", [duplicate])], duplicates="first")
+    join_file(spec_first, str(nano_dy), tmp_path / "out.parquet")
+    _check_values(ak.from_parquet(tmp_path / "out.parquet"), "d")
+
+
+def test_tampered_friend_is_caught_by_the_integrity_check(nano_dy: Path, tmp_path: Path) -> None:
+    good = friends.shuffled(nano_dy, tmp_path, seed=4)
+    spec = _spec(nano_dy, [_friend("t", [good])])
+    indexes = resolve_friend_indexes(spec)  # the index is built while the file is good...
+    tampered = friends.tampered(nano_dy, tmp_path)
+    shutil.copy(tampered, good)  # ...then the file changes under it
+    with pytest.raises(KeyMismatchError, match="integrity check failed for friend 't'"):
+        join_file(spec, str(nano_dy), tmp_path / "out.parquet", indexes=indexes)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_tampered_aligned_friend_falls_back_to_the_merge(nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(nano_dy, [_friend("t", [friends.tampered(nano_dy, tmp_path, row=5)])])
+    join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    assert ak.sum(~out.t_matched) == 1  # the tampered row pairs with nothing, never with another event
+    _check_values(out, "t")
+
+
+def test_empty_tree_gives_zero_rows_with_the_full_schema(data_dir: Path, nano_dy: Path, tmp_path: Path) -> None:
+    empty = data_dir / "nano_dy_empty.root"
+    spec = _spec(empty, [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])])
+    result = join_file(spec, str(empty), tmp_path / "out.parquet")
+    assert result.events_out == 0
+    reference = tmp_path / "ref.parquet"
+    join_file(_spec(nano_dy, [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])]), str(nano_dy), reference)
+    assert pq.read_schema(tmp_path / "out.parquet").remove_metadata().equals(
+        pq.read_schema(reference).remove_metadata())
+
+
+def test_missing_key_branch_is_named(data_dir: Path, nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(data_dir / "missing_luminosityBlock.root", [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])])
+    with pytest.raises(MissingColumnError, match="luminosityBlock"):
+        join_file(spec, str(data_dir / "missing_luminosityBlock.root"), tmp_path / "out.parquet")
+
+
+def test_corrupt_and_missing_files_are_input_errors(nano_dy: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.root"
+    truncated.write_bytes(nano_dy.read_bytes()[:50_000])
+    spec = _spec(truncated, [])
+    with pytest.raises(InputFileError, match=r"truncated\.root"):
+        join_file(spec, str(truncated), tmp_path / "out.parquet")
+    with pytest.raises(InputFileError, match="no such file"):
+        join_file(spec, str(tmp_path / "nothing.root"), tmp_path / "out.parquet")
+    assert list(tmp_path.glob("*.parquet")) == []
+
+
+def test_column_collision_needs_a_prefix(nano_dy: Path, tmp_path: Path) -> None:
+    friend = friends.aligned(nano_dy, tmp_path)
+    spec = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
+                       "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends", "columns": ["Jet_*"]}],
+                       })
+    join_file(spec, str(nano_dy), tmp_path / "ok.parquet")  # Jet_sf joins the Jet collection
+    spec_clash = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
+                             "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends",
+                                          "columns": ["nJet"]}]})
+    with pytest.raises(SchemaError, match="prefix"):
+        join_file(spec_clash, str(nano_dy), tmp_path / "out.parquet")
+
+
+def test_parquet_friend_from_a_previous_output(nano_dy: Path, tmp_path: Path) -> None:
+    first = _spec(nano_dy, [_friend("al", [friends.aligned(nano_dy, tmp_path)])])
+    join_file(first, str(nano_dy), tmp_path / "previous.parquet")
+    spec = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["MET_pt"]},
+                       "friends": [{"name": "prev", "files": [str(tmp_path / "previous.parquet")],
+                                    "columns": ["al_sf"], "prefix": "p_"}]})
+    join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    assert ak.all(out.p_al_sf == out.MET_pt * 2)
+
+
+def test_root_file_output(nano_dy: Path, tmp_path: Path) -> None:
+    spec = _spec(nano_dy, [_friend("sh", [friends.shuffled(nano_dy, tmp_path, drop=0.1)])])
+    result = join_file(spec, str(nano_dy), tmp_path / "out.root", output_format=OutputFormat.ROOT)
+    tree = uproot.open(tmp_path / "out.root")["servicex"]
+    assert tree.num_entries == 40 == result.events_out
+    assert {"run", "event", "nJet", "Jet_pt", "MET_pt", "sh_sf", "sh_matched"} <= set(tree.keys())
+    arrays = tree.arrays()
+    assert ak.all(arrays.Jet_pt == friends.read_primary(nano_dy).Jet_pt)
+    matched = arrays.sh_matched
+    assert ak.all(arrays.sh_sf[matched] == arrays.MET_pt[matched] * 2)
+    assert result.output_bytes == (tmp_path / "out.root").stat().st_size
+
+
+def test_atlas_physlite_keys(data_dir: Path, tmp_path: Path) -> None:
+    physlite = data_dir / "PHYSLITE_example.root"
+    keys = ["EventInfoAuxDyn.runNumber", "EventInfoAuxDyn.eventNumber"]
+    events = uproot.open(physlite)["CollectionTree"].arrays(keys, library="np")
+    rows = np.random.default_rng(3).permutation(100)[:80]
+    friend = tmp_path / "atlas_friend.parquet"
+    import pyarrow as pa
+
+    pq.write_table(pa.table({keys[0]: events[keys[0]][rows], keys[1]: events[keys[1]][rows],
+                             "score": (events[keys[1]][rows] % 100).astype(np.float32)}), friend)
+    spec = parse_spec({"primary": {"files": [str(physlite)], "columns": ["EventInfoAuxDyn.mcChannelNumber"]},
+                       "key": "atlas", "friends": [{"name": "s", "files": [str(friend)], "columns": ["score"]}]})
+    join_file(spec, str(physlite), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    assert len(out) == 100 and ak.sum(out.s_matched) == 80
+    matched = out[out.s_matched]
+    assert ak.all(matched.score == matched[keys[1]] % 100)
+
+
+def test_regrouped_friend_over_two_primary_files(data_dir: Path, tmp_path: Path) -> None:
+    primaries = [data_dir / "nano_dy.root", data_dir / "nano_tt_v12.root"]
+    friend_paths = friends.regrouped(primaries, tmp_path, n_files=3, drop=0.1)
+    spec = parse_spec({"primary": {"files": [str(p) for p in primaries], "columns": ["Jet_pt", "MET_pt"]},
+                       "friends": [_friend("rg", friend_paths)]})
+    total = 0
+    for number, primary in enumerate(primaries):
+        result = join_file(spec, str(primary), tmp_path / f"out{number}.parquet", role=Role.PRIMARY)
+        _check_values(ak.from_parquet(tmp_path / f"out{number}.parquet"), "rg")
+        total += result.matched["rg"]
+    assert total == int(round(240 * 0.9))

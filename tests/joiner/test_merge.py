@@ -1,0 +1,125 @@
+"""Sort-merge matching against a naive dictionary join, for every join kind (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from joiner.errors import DuplicateKeyError, KeyTypeError
+from joiner.keys import KeyPacker, column_ranges, validate_key_array
+from joiner.merge import match_keys
+from joiner.spec import DuplicatePolicy, How
+
+key_values = st.tuples(st.integers(0, 3), st.integers(0, 50), st.integers(0, 2**40))
+
+
+def _columns(keys: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    if not keys:
+        return [np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint64)]
+    run, lumi, event = zip(*keys, strict=True)
+    return [np.array(run, np.uint32), np.array(lumi, np.uint32), np.array(event, np.uint64)]
+
+
+def _naive(left: list[tuple[int, ...]], right: list[tuple[int, ...]], how: How) -> list[tuple[int, int]]:
+    where_right = {k: i for i, k in enumerate(right)}
+    where_left = {k: i for i, k in enumerate(left)}
+    pairs = [(i, where_right.get(k, -1)) for i, k in enumerate(left)]
+    if how is How.INNER:
+        return [p for p in pairs if p[1] >= 0]
+    if how is How.LEFT:
+        return pairs
+    if how is How.ANTI:
+        return [p for p in pairs if p[1] < 0]
+    if how is How.RIGHT:
+        return [(where_left.get(k, -1), j) for j, k in enumerate(right)]
+    return pairs + [(-1, j) for j, k in enumerate(right) if k not in where_left]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(key_values, unique=True, max_size=60),
+    st.lists(key_values, unique=True, max_size=60),
+    st.sampled_from(list(How)),
+    st.randoms(use_true_random=False),
+)
+def test_match_equals_naive_join(left, right, how, random) -> None:
+    # share some keys between the sides
+    shared = [k for k in left if random.random() < 0.5]
+    right = list(dict.fromkeys(right + shared))
+    random.shuffle(right)
+    match = match_keys(_columns(left), _columns(right), how)
+    got = list(zip(match.left_rows.tolist(), match.right_rows.tolist(), strict=True))
+    assert got == _naive(left, right, how)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-(2**62), 2**62), st.integers(-(2**62), 2**62)), unique=True, max_size=40))
+def test_keys_wider_than_64_bits_use_the_lexicographic_path(keys) -> None:
+    left = [np.array([k[0] for k in keys], np.int64), np.array([k[1] for k in keys], np.int64)]
+    order = np.arange(len(keys))[::-1]
+    right = [c[order] for c in left]
+    match = match_keys(left, right, How.LEFT)
+    assert (match.right_rows == np.argsort(order)).all()
+    matched = match.right_rows >= 0
+    assert matched.all()
+    for column_left, column_right in zip(left, right, strict=True):
+        assert (column_left[match.left_rows] == column_right[match.right_rows]).all()
+
+
+def test_packing_uses_both_sides_ranges_and_keeps_order() -> None:
+    left = [np.array([1, 1, 2], np.uint32), np.array([10, 11, 3], np.uint64)]
+    right = [np.array([2, 7], np.uint32), np.array([3, 0], np.uint64)]
+    ranges = column_ranges(left)
+    assert ranges is not None
+    packer = KeyPacker(tuple(r.union(o) for r, o in zip(ranges, column_ranges(right) or [], strict=True)))
+    packed = packer.pack(left)
+    assert packed.tolist() == sorted(packed.tolist())
+    assert packer.pack(right)[0] == packed[2]
+
+
+def test_duplicates_are_refused_with_keys_and_origins() -> None:
+    left = _columns([(1, 1, 5), (1, 1, 6)])
+    right = _columns([(1, 1, 5), (1, 1, 7), (1, 1, 5)])
+    with pytest.raises(DuplicateKeyError) as caught:
+        match_keys(left, right, How.LEFT, right_name="friend 'sys'",
+                   right_origin=lambda rows: [f"f.root (entry {r})" for r in rows])
+    message = str(caught.value)
+    assert "(1, 1, 5)" in message
+    assert "f.root (entry 0)" in message
+    assert "f.root (entry 2)" in message
+    assert caught.value.total == 1
+
+
+def test_duplicates_first_keeps_the_lowest_position() -> None:
+    left = _columns([(1, 1, 5), (1, 1, 6)])
+    right = _columns([(1, 1, 7), (1, 1, 5), (1, 1, 5)])
+    match = match_keys(left, right, How.LEFT, duplicates=DuplicatePolicy.FIRST)
+    assert match.right_rows.tolist() == [1, -1]
+
+
+def test_signed_and_unsigned_keys_join() -> None:
+    left = [np.array([1, 2, 3], np.int32)]
+    right = [np.array([3, 1], np.uint64)]
+    match = match_keys(left, right, How.LEFT)
+    assert match.right_rows.tolist() == [1, -1, 0]
+
+
+@pytest.mark.parametrize("values", [np.array([1.0, 2.0]), np.array([True, False]), np.array([[1], [2]])])
+def test_non_integer_keys_are_refused(values) -> None:
+    with pytest.raises(KeyTypeError, match="event"):
+        validate_key_array("event", values, where="x.root")
+
+
+def test_large_random_join_matches_searchsorted() -> None:
+    rng = np.random.default_rng(5)
+    n = 200_000
+    event = rng.choice(10**9, n, replace=False).astype(np.uint64)
+    left = [np.full(n, 1, np.uint32), (event // 1000).astype(np.uint32), event]
+    rows = rng.permutation(n)[: n * 9 // 10]
+    right = [c[rows] for c in left]
+    match = match_keys(left, right, How.INNER)
+    assert len(match) == len(rows)
+    assert (left[2][match.left_rows] == right[2][match.right_rows]).all()
+    assert (np.diff(match.left_rows) > 0).all()

@@ -1,0 +1,98 @@
+"""The join spec: what it accepts, and refusals that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from joiner.errors import SpecError
+from joiner.spec import How, KeyPreset, load_spec, parse_spec, parse_spec_text
+
+
+def _spec(**changes):
+    base = {
+        "primary": {"files": ["a.root"], "columns": ["Jet_pt"]},
+        "key": "cms",
+        "friends": [{"name": "sys", "files": ["f.root"], "columns": ["sf"]}],
+    }
+    base.update(changes)
+    return base
+
+
+def test_defaults_and_presets() -> None:
+    spec = parse_spec(_spec())
+    assert spec.key is KeyPreset.CMS
+    assert spec.key_columns == ("run", "luminosityBlock", "event")
+    assert spec.primary_tree == "Events"
+    assert spec.friends[0].how is How.LEFT
+    assert spec.duplicates == "error"
+    assert spec.fill_missing is None
+    atlas = parse_spec(_spec(key="atlas-mc"))
+    assert atlas.primary_tree == "CollectionTree"
+    assert atlas.key_columns[0] == "EventInfoAuxDyn.mcChannelNumber"
+    explicit = parse_spec(_spec(key=["runNumber", "eventNumber"]))
+    assert explicit.key_columns == ("runNumber", "eventNumber")
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"key": "lhcb"}, "key: unknown key preset 'lhcb'"),
+        ({"duplicates": "last"}, "duplicates"),
+        ({"fill_missing": "zero"}, "fill_missing"),
+        ({"colour": "red"}, "colour: unknown field"),
+        ({"friends": [{"name": "sys", "files": ["f.root"], "columns": ["sf"], "how": "sideways"}]}, "friends.0.how"),
+        ({"friends": [{"name": "1bad", "files": ["f.root"], "columns": ["sf"]}]}, "friends.0.name"),
+        ({"friends": [{"name": "sys", "files": [], "columns": ["sf"]}]}, "friends.0.files"),
+        ({"friends": [{"name": "sys", "files": ["f"], "columns": ["sf"], "how": "anti"}]}, "anti is internal"),
+        ({"friends": [{"name": "a", "files": ["f"], "columns": ["x"]}, {"name": "a", "files": ["g"], "columns": ["y"]}]},
+         "unique"),
+        ({"friends": [{"name": "a", "files": ["f"], "columns": ["x"], "how": "outer"},
+                      {"name": "b", "files": ["g"], "columns": ["y"]}]}, "exactly one friend"),
+        ({"primary": {"files": ["a"], "columns": ["x", "x"]}}, "primary.columns"),
+        ({"inference": [{"model": "m", "inputs": {}, "outputs": {"O": "score"}}]}, "inference.0.inputs"),
+        ({"key": []}, "key"),
+    ],
+)
+def test_bad_specs_name_the_field(changes, fragment) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(_spec(**changes))
+    assert fragment in str(caught.value)
+
+
+def test_spec_hash_is_canonical() -> None:
+    a = parse_spec(_spec())
+    b = parse_spec_text('{"key": "cms", "friends": [{"columns": ["sf"], "files": ["f.root"], "name": "sys"}],'
+                        ' "primary": {"columns": ["Jet_pt"], "files": ["a.root"]}}')
+    assert a.spec_hash() == b.spec_hash()
+    c = parse_spec(_spec(primary={"files": ["other.root"], "columns": ["Jet_pt"]}))
+    assert a.spec_hash() != c.spec_hash()
+    assert a.spec_hash(without_primary_files=True) == c.spec_hash(without_primary_files=True)
+
+
+def test_yaml_file_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(
+        "primary: {files: [data/a.root], columns: [Jet_pt]}\n"
+        "friends:\n  - {name: s, files: ['root://eos//x.root', 'f/*.root'], columns: [sf], prefix: s_}\n"
+    )
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert spec.primary.files == [str(tmp_path / "data/a.root")]
+    assert spec.friends[0].files == ["root://eos//x.root", str(tmp_path / "f/*.root")]
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("primary: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(tmp_path / "list.yaml")
+
+
+def test_friend_format_by_extension() -> None:
+    spec = parse_spec(_spec(friends=[{"name": "p", "files": ["s3://b/x.parquet"], "columns": ["sf"]}]))
+    assert spec.friends[0].format_of("s3://b/x.parquet") == "parquet"
+    assert spec.friends[0].format_of("root://h//x.root") == "root"
