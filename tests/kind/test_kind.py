@@ -1,4 +1,4 @@
-"""The kind integration test (run_kind_test.py) and offline checks of what it sends to the cluster.
+"""The kind integration test (run_kind.py) and offline checks of what it sends to the cluster.
 
 The end-to-end run needs Docker, kind and the `kubernetes` client; it skips where `docker info` fails
 (no engine, as on the project's CI machine) and takes several minutes where it runs (docs/deployment.md,
@@ -156,6 +156,6 @@ def test_kind_end_to_end() -> None:
     pytest.importorskip("kubernetes", reason="pip install kubernetes")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, str(HERE / "run_kind_test.py")], cwd=REPO, env=env, timeout=3600, check=False
+        [sys.executable, str(HERE / "run_kind.py")], cwd=REPO, env=env, timeout=3600, check=False
     )
     assert done.returncode == 0, "kind test failed; see its output above"

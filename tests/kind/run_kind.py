@@ -13,8 +13,8 @@ cluster is driven with the `kubernetes` Python client (rollouts, Job completion,
 Needs Docker, kind (https://kind.sigs.k8s.io), Helm (`.ci/helm-tools.sh` fetches it) and
 `pip install kubernetes`. Run from the repository root:
 
-    python tests/kind/run_kind_test.py            # build, test, delete the cluster
-    python tests/kind/run_kind_test.py --keep     # leave the cluster for a look (kind delete cluster ...)
+    python tests/kind/run_kind.py            # build, test, delete the cluster
+    python tests/kind/run_kind.py --keep     # leave the cluster for a look (kind delete cluster ...)
 
 Exit status 0 when every check passes.
 """
