@@ -68,15 +68,39 @@ def _take(table: pa.Table, rows: npt.NDArray[np.int64]) -> pa.Table:
     return table.take(pa.array(rows))
 
 
+def _combine_keys(
+    left: npt.NDArray[np.integer],
+    right: npt.NDArray[np.integer],
+    left_rows: npt.NDArray[np.int64],
+    right_rows: npt.NDArray[np.int64],
+) -> npt.NDArray[np.integer]:
+    """Key values of joined rows: the primary's where it has the row, the friend's for friend-only rows."""
+    result = np.zeros(len(left_rows), dtype=left.dtype)
+    has_left = left_rows >= 0
+    result[has_left] = left[left_rows[has_left]]
+    result[~has_left] = right[right_rows[~has_left]].astype(left.dtype)
+    return result
+
+
 def _tighten(table: pa.Table) -> pa.Table:
     """Declare columns without nulls non-nullable (and list elements too), so awkward sees no option types."""
     from joiner.plan import non_null_elements
 
     fields = [
-        pa.field(f.name, non_null_elements(f.type), nullable=table.column(f.name).null_count > 0)
+        pa.field(
+            f.name,
+            non_null_elements(f.type),
+            nullable=table.column(f.name).null_count > 0 or pa.types.is_null(f.type) or _has_null_items(f.type),
+        )
         for f in table.schema
     ]
     return table.cast(pa.schema(fields))
+
+
+def _has_null_items(data_type: pa.DataType) -> bool:
+    return bool(
+        (pa.types.is_list(data_type) or pa.types.is_large_list(data_type)) and pa.types.is_null(data_type.value_type)
+    )
 
 
 def join(
@@ -141,9 +165,7 @@ def join(
             raise SchemaError(f"columns {sorted(clash)} of friend {friend_name!r} collide; give it a prefix")
         # keys: the primary's where it has the row, the friend's for friend-only rows
         result_keys = [
-            np.where(match.left_rows >= 0, lk[np.maximum(match.left_rows, 0)], fk[np.maximum(match.right_rows, 0)])
-            if len(match)
-            else lk[:0]
+            _combine_keys(lk, fk, match.left_rows, match.right_rows)
             for lk, fk in zip(result_keys, friend_keys, strict=True)
         ]
         key_table = pa.Table.from_arrays(

@@ -36,7 +36,8 @@ def is_list_type(data_type: pa.DataType) -> bool:
 def non_null_elements(data_type: pa.DataType) -> pa.DataType:
     """The same type with list elements declared non-nullable (and 32-bit list offsets)."""
     if is_list_type(data_type):
-        return pa.list_(pa.field("item", non_null_elements(data_type.value_type), nullable=False))
+        item = non_null_elements(data_type.value_type)
+        return pa.list_(pa.field("item", item, nullable=pa.types.is_null(item)))
     return data_type
 
 
