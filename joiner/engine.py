@@ -288,8 +288,12 @@ class _FileJoin:
         return self.indexes["primary"]
 
     def _pool(self, index: DatasetIndex) -> SourcePool:
-        return SourcePool(index.paths, tree=index.tree or self.spec.default_tree, file_format=index.file_format,
-                          storage_options=self.options)
+        return SourcePool(
+            index.paths,
+            tree=index.tree or self.spec.default_tree,
+            file_format=index.file_format,
+            storage_options=self.options,
+        )
 
     def _own_fragment(self, source: TableSource, dataset: str) -> KeyFragment:
         """This file's key fragment: from its dataset's index when that was built already, else read."""
@@ -337,8 +341,10 @@ class _FileJoin:
         try:
             for table in chunks:
                 mark = time.perf_counter()
+                produced = table
                 for producer in self.producers:
-                    table = producer(table)
+                    produced = producer(produced)
+                table = produced  # noqa: PLW2901 - the chunk with its produced columns replaces the chunk
                 mark = self.counts.add_time("infer", mark)
                 digest.update([table.column(k).to_numpy() for k in self.keys])
                 sink.write(table)
@@ -401,8 +407,10 @@ class _FileJoin:
         for friend in self.spec.friends:
             self.counts.matched.setdefault(friend.name, 0)
             self.counts.unmatched.setdefault(friend.name, 0)
-        return self._iterate_primary(source, plan, friend_indexes, pools, aligned, drop), plan.schema(), (
-            source.read_runs()
+        return (
+            self._iterate_primary(source, plan, friend_indexes, pools, aligned, drop),
+            plan.schema(),
+            (source.read_runs()),
         )
 
     def _iterate_primary(
@@ -428,8 +436,9 @@ class _FileJoin:
             if drop is not None:
                 keep &= ~drop[start:stop]
             mark = self.counts.add_time("read", mark)
-            rows = _Rows(_with_keys(table, self.keys, keys, plan.key_types), keys,
-                         np.arange(start, stop, dtype=np.int64))
+            rows = _Rows(
+                _with_keys(table, self.keys, keys, plan.key_types), keys, np.arange(start, stop, dtype=np.int64)
+            )
             if not keep.all():
                 rows = rows.take(np.flatnonzero(keep).astype(np.int64))
             for friend, side, index, pool, position in zip(

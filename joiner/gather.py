@@ -94,8 +94,10 @@ def gather(
     # back from (file, entry) order to the order asked for
     inverse = np.empty(count, dtype=np.int64)
     inverse[order] = np.arange(count, dtype=np.int64)
-    passes = np.concatenate(cut_parts)[inverse] if cut is not None and cut_parts else (
-        np.zeros(0, dtype=bool) if cut is not None else None
+    passes = (
+        np.concatenate(cut_parts)[inverse]
+        if cut is not None and cut_parts
+        else (np.zeros(0, dtype=bool) if cut is not None else None)
     )
     return Gathered(combined.take(pa.array(inverse)), [k[inverse] for k in keys_sorted], passes)
 

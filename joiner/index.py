@@ -87,7 +87,8 @@ class KeyFragment:
     def overlaps(self, low: KeyTuple, high: KeyTuple) -> bool:
         if not self.num_entries:
             return False
-        assert self.min_key is not None and self.max_key is not None  # noqa: S101 - num_entries > 0
+        assert self.min_key is not None
+        assert self.max_key is not None
         return not (self.max_key < low or self.min_key > high)
 
     def rows_between(self, low: KeyTuple, high: KeyTuple) -> tuple[int, int]:
@@ -99,7 +100,7 @@ class KeyFragment:
             [ColumnRange(a, a) for a in low],
             [ColumnRange(b, b) for b in high],
         )
-        assert ranges is not None  # noqa: S101 - both bounds present
+        assert ranges is not None
         packer = KeyPacker(tuple(ranges))
         if not packer.fits:
             return 0, self.num_entries
@@ -206,7 +207,7 @@ def key_bounds(keys: Sequence[npt.NDArray[np.integer]]) -> tuple[KeyTuple, KeyTu
     if not len(keys) or not len(keys[0]):
         return None
     ranges = column_ranges(keys)
-    assert ranges is not None  # noqa: S101 - non-empty
+    assert ranges is not None
     packer = KeyPacker(tuple(ranges))
     if packer.fits:
         packed = packer.pack(keys)
@@ -274,8 +275,7 @@ class DatasetIndex:
 
         def describe(rows: npt.NDArray[np.int64]) -> list[str]:
             return [
-                f"{self.paths[int(candidates.file_positions[r])]} (entry {int(candidates.entries[r])})"
-                for r in rows
+                f"{self.paths[int(candidates.file_positions[r])]} (entry {int(candidates.entries[r])})" for r in rows
             ]
 
         return describe

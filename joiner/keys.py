@@ -32,9 +32,7 @@ def validate_key_array(name: str, values: object, *, where: str) -> npt.NDArray[
     if array.dtype == object or array.ndim != 1:
         raise KeyTypeError(f"key column {name!r} in {where} is not a flat column of integers (dtype {array.dtype})")
     if array.dtype.kind not in "iu":
-        raise KeyTypeError(
-            f"key column {name!r} in {where} has type {array.dtype}; event keys must be integers"
-        )
+        raise KeyTypeError(f"key column {name!r} in {where} has type {array.dtype}; event keys must be integers")
     return array
 
 

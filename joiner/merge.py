@@ -125,9 +125,7 @@ def _duplicate_positions(order: _Sorted, n_left: int) -> npt.NDArray[np.int64]:
     return (np.flatnonzero(order.equal_to_next & same_side) + 1).astype(np.int64)
 
 
-def _raise_duplicates(
-    name: str, keys: Keys, rows: npt.NDArray[np.int64], total: int, origin: OriginOf | None
-) -> None:
+def _raise_duplicates(name: str, keys: Keys, rows: npt.NDArray[np.int64], total: int, origin: OriginOf | None) -> None:
     shown = rows[:MAX_DUPLICATES_SHOWN]
     files = origin(shown) if origin is not None else [name] * len(shown)
     tuples = key_tuples(keys, shown)

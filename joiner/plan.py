@@ -131,7 +131,9 @@ def make_plan(spec: JoinSpec, primary_source: TableSource, friend_sources: Seque
     counters = needed_primary_counters(spec, friend_sources)
     primary_names = _primary_columns(spec, primary_source, counters)
     has_outer = any(f.how in (How.RIGHT, How.OUTER) for f in spec.friends)
-    primary = SidePlan("primary", primary_names, list(primary_names), _types_of(primary_source, primary_names), has_outer)
+    primary = SidePlan(
+        "primary", primary_names, list(primary_names), _types_of(primary_source, primary_names), has_outer
+    )
     key_types = _types_of(primary_source, list(spec.key_columns))
     friends = [
         _friend_side(spec, friend, source, right_only=friend.how is How.RIGHT)
@@ -146,7 +148,7 @@ def make_plan(spec: JoinSpec, primary_source: TableSource, friend_sources: Seque
 
 
 def _check_names(spec: JoinSpec, plan: JoinPlan) -> None:
-    owner: dict[str, str] = {k: "the key" for k in plan.key_columns}
+    owner: dict[str, str] = dict.fromkeys(plan.key_columns, "the key")
     for name in plan.primary.output_names:
         owner[name] = "the primary"
     for friend, flag in zip(plan.friends, plan.matched_flags, strict=True):
@@ -154,7 +156,7 @@ def _check_names(spec: JoinSpec, plan: JoinPlan) -> None:
             if out in owner:
                 raise SchemaError(
                     f"column {out!r} of friend {friend.name!r} (from {original!r}) collides with {owner[out]}'s; "
-                    f"set a `prefix` on friend {friend.name!r} (e.g. prefix: \"{friend.name}_\")"
+                    f'set a `prefix` on friend {friend.name!r} (e.g. prefix: "{friend.name}_")'
                 )
             owner[out] = f"friend {friend.name!r}"
         if flag in owner:

@@ -45,8 +45,11 @@ class FileIdentity:
 class TableSource(Protocol):
     """One input file opened for reading (see module docstring)."""
 
-    path: str
-    tree: str | None
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def tree(self) -> str | None: ...
 
     @property
     def num_entries(self) -> int: ...
@@ -152,8 +155,9 @@ class RootSource:
         try:
             arrays = self._tree.arrays(list(names), library="np", entry_start=start, entry_stop=stop)
         except Exception as error:  # noqa: BLE001 - decompression/basket errors of a damaged file
-            raise InputFileError(f"cannot read key branches: {type(error).__name__}: {error}",
-                                 path=self.path, tree=self.tree) from None
+            raise InputFileError(
+                f"cannot read key branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
+            ) from None
         where = f"{self.path} [{self.tree}]"
         return [validate_key_array(name, arrays[name], where=where) for name in names]
 
@@ -164,8 +168,9 @@ class RootSource:
         try:
             arrays = self._tree.arrays(list(names), library="ak", entry_start=start, entry_stop=stop)
         except Exception as error:  # noqa: BLE001
-            raise InputFileError(f"cannot read branches: {type(error).__name__}: {error}",
-                                 path=self.path, tree=self.tree) from None
+            raise InputFileError(
+                f"cannot read branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
+            ) from None
         return awkward_to_arrow(arrays, names)
 
     def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:
@@ -257,8 +262,7 @@ class ParquetSource:
             row += rows
         try:
             if not groups:
-                table = self._parquet.schema_arrow.empty_table().select(list(names))
-                return table
+                return self._parquet.schema_arrow.empty_table().select(list(names))
             table = self._parquet.read_row_groups(groups, columns=list(names))
         except (OSError, pa.ArrowInvalid) as error:
             raise InputFileError(f"cannot read Parquet row groups: {error}", path=self.path) from None

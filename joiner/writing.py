@@ -7,6 +7,7 @@ removes the temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -61,10 +62,8 @@ class ParquetSink:
         return self.path.stat().st_size
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
-        except (OSError, pa.ArrowException):
-            pass
         self._tmp.unlink(missing_ok=True)
 
 

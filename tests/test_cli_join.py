@@ -16,8 +16,15 @@ from tests.joiner import friends
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "XDG_CACHE_HOME": str(cwd / "cache"), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "transformer.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "transformer.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _write_spec(path: Path, spec: dict) -> Path:
@@ -29,11 +36,22 @@ def _write_spec(path: Path, spec: dict) -> Path:
 def test_join_two_primary_files_with_an_outer_friend_part(data_dir: Path, tmp_path: Path) -> None:
     primaries = [data_dir / "nano_dy.root", data_dir / "nano_tt_v12.root"]
     regrouped = friends.regrouped(primaries, tmp_path, n_files=3, drop=0.1)
-    spec = _write_spec(tmp_path / "spec.yaml", {
-        "primary": {"files": [str(p) for p in primaries], "columns": ["Jet_pt", "MET_pt"]},
-        "friends": [{"name": "rg", "files": [str(p) for p in regrouped], "tree": "Friends",
-                     "columns": ["sf", "Jet_sf"], "prefix": "rg_", "how": "left"}],
-    })
+    spec = _write_spec(
+        tmp_path / "spec.yaml",
+        {
+            "primary": {"files": [str(p) for p in primaries], "columns": ["Jet_pt", "MET_pt"]},
+            "friends": [
+                {
+                    "name": "rg",
+                    "files": [str(p) for p in regrouped],
+                    "tree": "Friends",
+                    "columns": ["sf", "Jet_sf"],
+                    "prefix": "rg_",
+                    "how": "left",
+                }
+            ],
+        },
+    )
     done = _run("join", "--spec", str(spec), "--output", str(tmp_path / "out"), "--workers", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     outputs = sorted((tmp_path / "out").glob("*.parquet"))
@@ -54,10 +72,13 @@ def test_bad_spec_exits_2_with_the_field_named(tmp_path: Path) -> None:
 
 def test_duplicate_friend_keys_exit_2_before_writing(nano_dy: Path, tmp_path: Path) -> None:
     duplicate = friends.with_duplicate(nano_dy, tmp_path)
-    spec = _write_spec(tmp_path / "spec.yaml", {
-        "primary": {"files": [str(nano_dy)], "columns": ["MET_pt"]},
-        "friends": [{"name": "d", "files": [str(duplicate)], "tree": "Friends", "columns": ["sf"]}],
-    })
+    spec = _write_spec(
+        tmp_path / "spec.yaml",
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["MET_pt"]},
+            "friends": [{"name": "d", "files": [str(duplicate)], "tree": "Friends", "columns": ["sf"]}],
+        },
+    )
     done = _run("join", "--spec", str(spec), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert done.returncode == 2
     assert "duplicate event key" in done.stderr and "duplicate.root" in done.stderr
@@ -67,10 +88,13 @@ def test_one_bad_file_fails_alone_with_exit_1(nano_dy: Path, tmp_path: Path) -> 
     broken = tmp_path / "broken.root"
     broken.write_bytes(b"not a ROOT file at all" * 100)
     friend = friends.aligned(nano_dy, tmp_path)
-    spec = _write_spec(tmp_path / "spec.yaml", {
-        "primary": {"files": [str(nano_dy), str(broken)], "columns": ["MET_pt"]},
-        "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends", "columns": ["sf"]}],
-    })
+    spec = _write_spec(
+        tmp_path / "spec.yaml",
+        {
+            "primary": {"files": [str(nano_dy), str(broken)], "columns": ["MET_pt"]},
+            "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends", "columns": ["sf"]}],
+        },
+    )
     # the broken primary cannot be indexed: refused up front, nothing written
     done = _run("join", "--spec", str(spec), "--output", str(tmp_path / "out"), "--workers", "1", cwd=tmp_path)
     assert done.returncode == 2
@@ -79,12 +103,24 @@ def test_one_bad_file_fails_alone_with_exit_1(nano_dy: Path, tmp_path: Path) -> 
 
 def test_root_file_output_and_no_temporary_files_left(nano_dy: Path, tmp_path: Path) -> None:
     friend = friends.shuffled(nano_dy, tmp_path, drop=0.1)
-    spec = _write_spec(tmp_path / "spec.yaml", {
-        "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt", "MET_pt"]},
-        "friends": [{"name": "s", "files": [str(friend)], "tree": "Friends", "columns": ["sf"], "prefix": "s_"}],
-    })
-    done = _run("join", "--spec", str(spec), "--output", str(tmp_path / "out"), "--format", "root-file",
-                "--no-progress", cwd=tmp_path)
+    spec = _write_spec(
+        tmp_path / "spec.yaml",
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt", "MET_pt"]},
+            "friends": [{"name": "s", "files": [str(friend)], "tree": "Friends", "columns": ["sf"], "prefix": "s_"}],
+        },
+    )
+    done = _run(
+        "join",
+        "--spec",
+        str(spec),
+        "--output",
+        str(tmp_path / "out"),
+        "--format",
+        "root-file",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     files = list((tmp_path / "out").iterdir())
     assert [f.name for f in files] == [str(nano_dy).replace("/", ":")]

@@ -46,7 +46,7 @@ def shuffled(primary: Path, out: Path, *, seed: int = 0, drop: float = 0.0) -> P
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(events))
     if drop:
-        rows = rows[: int(round(len(rows) * (1 - drop)))]
+        rows = rows[: round(len(rows) * (1 - drop))]
     return write_friend(out / f"shuffled_{seed}_{drop}.root", events[rows])
 
 
@@ -55,7 +55,7 @@ def regrouped(primaries: list[Path], out: Path, *, n_files: int = 3, seed: int =
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(events))
     if drop:
-        rows = rows[: int(round(len(rows) * (1 - drop)))]
+        rows = rows[: round(len(rows) * (1 - drop))]
     return [
         write_friend(out / f"regrouped_{seed}_{i}.root", events[part])
         for i, part in enumerate(np.array_split(rows, n_files))

@@ -16,17 +16,26 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _spec(nano_dy: Path, friend: Path, **extra) -> object:
-    return parse_spec({
-        "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "MET_pt", "MET_phi"]},
-        "friends": [{"name": "sh", "files": [str(friend)], "tree": "Friends", "columns": ["sf", "Jet_sf"]}],
-        **extra,
-    })
+    return parse_spec(
+        {
+            "primary": {
+                "files": [str(nano_dy)],
+                "columns": ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "MET_pt", "MET_phi"],
+            },
+            "friends": [{"name": "sh", "files": [str(friend)], "tree": "Friends", "columns": ["sf", "Jet_sf"]}],
+            **extra,
+        }
+    )
 
 
 def _events(path: Path) -> ak.Array:
     from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
     return NanoEventsFactory.from_parquet(str(path), schemaclass=NanoAODSchema, mode="eager").events()
+
+
+def _jet_sf(path: Path) -> list:
+    return _events(path).Jet.sf.tolist()
 
 
 def test_fill_missing_nan_reads_in_coffea_with_the_friend_joining_the_collection(nano_dy: Path, tmp_path: Path) -> None:
@@ -47,8 +56,7 @@ def test_default_nulls_make_coffea_refuse_loudly_but_read_in_awkward(nano_dy: Pa
     out = ak.from_parquet(tmp_path / "out.parquet")
     assert ak.sum(ak.is_none(out.Jet_sf)) == 4
     with pytest.raises((TypeError, ValueError)):
-        ak.materialize(_events(tmp_path / "out.parquet").Jet.sf) if hasattr(ak, "materialize") else None
-        _events(tmp_path / "out.parquet").Jet.sf.tolist()
+        _jet_sf(tmp_path / "out.parquet")
 
 
 def test_fully_matched_output_reads_in_coffea(nano_dy: Path, tmp_path: Path) -> None:
@@ -61,10 +69,12 @@ def test_fully_matched_output_reads_in_coffea(nano_dy: Path, tmp_path: Path) -> 
 def test_fill_missing_nan_refuses_integer_lists(nano_dy: Path, tmp_path: Path) -> None:
     from joiner.errors import SchemaError
 
-    spec_bad = parse_spec({
-        "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
-        "friends": [{"name": "sh", "files": [str(nano_dy)], "columns": ["Jet_jetId"], "prefix": "x_"}],
-        "fill_missing": "nan",
-    })
+    spec_bad = parse_spec(
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
+            "friends": [{"name": "sh", "files": [str(nano_dy)], "columns": ["Jet_jetId"], "prefix": "x_"}],
+            "fill_missing": "nan",
+        }
+    )
     with pytest.raises(SchemaError, match="Jet_jetId"):
         join_file(spec_bad, str(nano_dy), tmp_path / "bad.parquet")

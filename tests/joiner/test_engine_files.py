@@ -22,13 +22,20 @@ KEY = ["run", "luminosityBlock", "event"]
 
 
 def _spec(primary: Path, friend_list: list[dict], **extra) -> joiner.JoinSpec:
-    return parse_spec({"primary": {"files": [str(primary)], "columns": ["Jet_pt", "MET_pt"]},
-                       "friends": friend_list, **extra})
+    return parse_spec(
+        {"primary": {"files": [str(primary)], "columns": ["Jet_pt", "MET_pt"]}, "friends": friend_list, **extra}
+    )
 
 
 def _friend(name: str, files: list[Path], **extra) -> dict:
-    return {"name": name, "files": [str(f) for f in files], "tree": "Friends", "columns": ["sf", "Jet_sf"],
-            "prefix": f"{name}_", **extra}
+    return {
+        "name": name,
+        "files": [str(f) for f in files],
+        "tree": "Friends",
+        "columns": ["sf", "Jet_sf"],
+        "prefix": f"{name}_",
+        **extra,
+    }
 
 
 def _metadata(path: Path) -> dict:
@@ -44,11 +51,14 @@ def _check_values(out: ak.Array, name: str) -> None:
 
 
 def test_aligned_reordered_regrouped_left_joins(nano_dy: Path, tmp_path: Path) -> None:
-    spec = _spec(nano_dy, [
-        _friend("al", [friends.aligned(nano_dy, tmp_path)]),
-        _friend("sh", [friends.shuffled(nano_dy, tmp_path, drop=0.1)]),
-        _friend("rg", friends.regrouped([nano_dy], tmp_path, drop=0.2)),
-    ])
+    spec = _spec(
+        nano_dy,
+        [
+            _friend("al", [friends.aligned(nano_dy, tmp_path)]),
+            _friend("sh", [friends.shuffled(nano_dy, tmp_path, drop=0.1)]),
+            _friend("rg", friends.regrouped([nano_dy], tmp_path, drop=0.2)),
+        ],
+    )
     result = join_file(spec, str(nano_dy), tmp_path / "out.parquet")
     out = ak.from_parquet(tmp_path / "out.parquet")
     primary = friends.read_primary(nano_dy)
@@ -94,10 +104,13 @@ def test_inner_join_keeps_only_matched(nano_dy: Path, tmp_path: Path) -> None:
 
 
 def test_chunked_equals_unchunked(nano_dy: Path, tmp_path: Path) -> None:
-    spec = _spec(nano_dy, [
-        _friend("al", [friends.aligned(nano_dy, tmp_path)]),
-        _friend("rg", friends.regrouped([nano_dy], tmp_path, drop=0.2)),
-    ])
+    spec = _spec(
+        nano_dy,
+        [
+            _friend("al", [friends.aligned(nano_dy, tmp_path)]),
+            _friend("rg", friends.regrouped([nano_dy], tmp_path, drop=0.2)),
+        ],
+    )
     join_file(spec, str(nano_dy), tmp_path / "whole.parquet")
     join_file(spec, str(nano_dy), tmp_path / "chunked.parquet", chunk_entries=7)
     whole = pq.read_table(tmp_path / "whole.parquet")
@@ -125,8 +138,19 @@ def test_outer_join_is_left_part_plus_anti_parts(nano_dy: Path, tmp_path: Path) 
     extra = ak.with_field(extra, extra.event + 10**9, "event")
     friend_events = ak.concatenate([events[10:], extra])
     friend_path = friends.write_friend(tmp_path / "outer_friend.root", friend_events)
-    spec = _spec(nano_dy, [{"name": "f", "files": [str(friend_path)], "tree": "Friends",
-                            "columns": ["sf", "Jet_sf"], "prefix": "f_", "how": "outer"}])
+    spec = _spec(
+        nano_dy,
+        [
+            {
+                "name": "f",
+                "files": [str(friend_path)],
+                "tree": "Friends",
+                "columns": ["sf", "Jet_sf"],
+                "prefix": "f_",
+                "how": "outer",
+            }
+        ],
+    )
     left = join_file(spec, str(nano_dy), tmp_path / "left.parquet")
     anti = join_file(spec, str(friend_path), tmp_path / "anti.parquet")
     assert left.events_out == 40
@@ -142,8 +166,19 @@ def test_outer_join_is_left_part_plus_anti_parts(nano_dy: Path, tmp_path: Path) 
 
 def test_right_join_runs_over_friend_files(nano_dy: Path, tmp_path: Path) -> None:
     friend_paths = friends.regrouped([nano_dy], tmp_path, n_files=2, drop=0.3)
-    spec = _spec(nano_dy, [{"name": "f", "files": [str(p) for p in friend_paths], "tree": "Friends",
-                            "columns": ["sf", "Jet_sf"], "prefix": "f_", "how": "right"}])
+    spec = _spec(
+        nano_dy,
+        [
+            {
+                "name": "f",
+                "files": [str(p) for p in friend_paths],
+                "tree": "Friends",
+                "columns": ["sf", "Jet_sf"],
+                "prefix": "f_",
+                "how": "right",
+            }
+        ],
+    )
     parts = []
     for number, path in enumerate(friend_paths):
         result = join_file(spec, str(path), tmp_path / f"right_{number}.parquet")
@@ -156,11 +191,21 @@ def test_right_join_runs_over_friend_files(nano_dy: Path, tmp_path: Path) -> Non
 
 def test_right_join_with_primary_cut_treats_cut_rows_as_missing(nano_dy: Path, tmp_path: Path) -> None:
     friend_path = friends.aligned(nano_dy, tmp_path)
-    spec = parse_spec({
-        "primary": {"files": [str(nano_dy)], "columns": ["MET_pt"], "cut": "MET_pt > 20"},
-        "friends": [{"name": "f", "files": [str(friend_path)], "tree": "Friends", "columns": ["sf"],
-                     "prefix": "f_", "how": "right"}],
-    })
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["MET_pt"], "cut": "MET_pt > 20"},
+            "friends": [
+                {
+                    "name": "f",
+                    "files": [str(friend_path)],
+                    "tree": "Friends",
+                    "columns": ["sf"],
+                    "prefix": "f_",
+                    "how": "right",
+                }
+            ],
+        }
+    )
     join_file(spec, str(friend_path), tmp_path / "right.parquet")
     out = ak.from_parquet(tmp_path / "right.parquet")
     assert len(out) == 40
@@ -170,10 +215,12 @@ def test_right_join_with_primary_cut_treats_cut_rows_as_missing(nano_dy: Path, t
 
 
 def test_cut_applies_before_the_join(nano_dy: Path, tmp_path: Path) -> None:
-    spec = parse_spec({
-        "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt", "MET_pt"], "cut": "(nJet >= 3) & (MET_pt > 15)"},
-        "friends": [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])],
-    })
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt", "MET_pt"], "cut": "(nJet >= 3) & (MET_pt > 15)"},
+            "friends": [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])],
+        }
+    )
     join_file(spec, str(nano_dy), tmp_path / "out.parquet")
     out = ak.from_parquet(tmp_path / "out.parquet")
     primary = friends.read_primary(nano_dy)
@@ -221,8 +268,9 @@ def test_empty_tree_gives_zero_rows_with_the_full_schema(data_dir: Path, nano_dy
     assert result.events_out == 0
     reference = tmp_path / "ref.parquet"
     join_file(_spec(nano_dy, [_friend("sh", [friends.shuffled(nano_dy, tmp_path)])]), str(nano_dy), reference)
-    assert pq.read_schema(tmp_path / "out.parquet").remove_metadata().equals(
-        pq.read_schema(reference).remove_metadata())
+    assert (
+        pq.read_schema(tmp_path / "out.parquet").remove_metadata().equals(pq.read_schema(reference).remove_metadata())
+    )
 
 
 def test_missing_key_branch_is_named(data_dir: Path, nano_dy: Path, tmp_path: Path) -> None:
@@ -244,13 +292,19 @@ def test_corrupt_and_missing_files_are_input_errors(nano_dy: Path, tmp_path: Pat
 
 def test_column_collision_needs_a_prefix(nano_dy: Path, tmp_path: Path) -> None:
     friend = friends.aligned(nano_dy, tmp_path)
-    spec = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
-                       "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends", "columns": ["Jet_*"]}],
-                       })
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
+            "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends", "columns": ["Jet_*"]}],
+        }
+    )
     join_file(spec, str(nano_dy), tmp_path / "ok.parquet")  # Jet_sf joins the Jet collection
-    spec_clash = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
-                             "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends",
-                                          "columns": ["nJet"]}]})
+    spec_clash = parse_spec(
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["Jet_pt"]},
+            "friends": [{"name": "a", "files": [str(friend)], "tree": "Friends", "columns": ["nJet"]}],
+        }
+    )
     with pytest.raises(SchemaError, match="prefix"):
         join_file(spec_clash, str(nano_dy), tmp_path / "out.parquet")
 
@@ -258,9 +312,14 @@ def test_column_collision_needs_a_prefix(nano_dy: Path, tmp_path: Path) -> None:
 def test_parquet_friend_from_a_previous_output(nano_dy: Path, tmp_path: Path) -> None:
     first = _spec(nano_dy, [_friend("al", [friends.aligned(nano_dy, tmp_path)])])
     join_file(first, str(nano_dy), tmp_path / "previous.parquet")
-    spec = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["MET_pt"]},
-                       "friends": [{"name": "prev", "files": [str(tmp_path / "previous.parquet")],
-                                    "columns": ["al_sf"], "prefix": "p_"}]})
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(nano_dy)], "columns": ["MET_pt"]},
+            "friends": [
+                {"name": "prev", "files": [str(tmp_path / "previous.parquet")], "columns": ["al_sf"], "prefix": "p_"}
+            ],
+        }
+    )
     join_file(spec, str(nano_dy), tmp_path / "out.parquet")
     out = ak.from_parquet(tmp_path / "out.parquet")
     assert ak.all(out.p_al_sf == out.MET_pt * 2)
@@ -287,10 +346,23 @@ def test_atlas_physlite_keys(data_dir: Path, tmp_path: Path) -> None:
     friend = tmp_path / "atlas_friend.parquet"
     import pyarrow as pa
 
-    pq.write_table(pa.table({keys[0]: events[keys[0]][rows], keys[1]: events[keys[1]][rows],
-                             "score": (events[keys[1]][rows] % 100).astype(np.float32)}), friend)
-    spec = parse_spec({"primary": {"files": [str(physlite)], "columns": ["EventInfoAuxDyn.mcChannelNumber"]},
-                       "key": "atlas", "friends": [{"name": "s", "files": [str(friend)], "columns": ["score"]}]})
+    pq.write_table(
+        pa.table(
+            {
+                keys[0]: events[keys[0]][rows],
+                keys[1]: events[keys[1]][rows],
+                "score": (events[keys[1]][rows] % 100).astype(np.float32),
+            }
+        ),
+        friend,
+    )
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(physlite)], "columns": ["EventInfoAuxDyn.mcChannelNumber"]},
+            "key": "atlas",
+            "friends": [{"name": "s", "files": [str(friend)], "columns": ["score"]}],
+        }
+    )
     join_file(spec, str(physlite), tmp_path / "out.parquet")
     out = ak.from_parquet(tmp_path / "out.parquet")
     assert len(out) == 100 and ak.sum(out.s_matched) == 80
@@ -301,11 +373,15 @@ def test_atlas_physlite_keys(data_dir: Path, tmp_path: Path) -> None:
 def test_regrouped_friend_over_two_primary_files(data_dir: Path, tmp_path: Path) -> None:
     primaries = [data_dir / "nano_dy.root", data_dir / "nano_tt_v12.root"]
     friend_paths = friends.regrouped(primaries, tmp_path, n_files=3, drop=0.1)
-    spec = parse_spec({"primary": {"files": [str(p) for p in primaries], "columns": ["Jet_pt", "MET_pt"]},
-                       "friends": [_friend("rg", friend_paths)]})
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(p) for p in primaries], "columns": ["Jet_pt", "MET_pt"]},
+            "friends": [_friend("rg", friend_paths)],
+        }
+    )
     total = 0
     for number, primary in enumerate(primaries):
         result = join_file(spec, str(primary), tmp_path / f"out{number}.parquet", role=Role.PRIMARY)
         _check_values(ak.from_parquet(tmp_path / f"out{number}.parquet"), "rg")
         total += result.matched["rg"]
-    assert total == int(round(240 * 0.9))
+    assert total == round(240 * 0.9)

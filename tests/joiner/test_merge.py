@@ -83,8 +83,13 @@ def test_duplicates_are_refused_with_keys_and_origins() -> None:
     left = _columns([(1, 1, 5), (1, 1, 6)])
     right = _columns([(1, 1, 5), (1, 1, 7), (1, 1, 5)])
     with pytest.raises(DuplicateKeyError) as caught:
-        match_keys(left, right, How.LEFT, right_name="friend 'sys'",
-                   right_origin=lambda rows: [f"f.root (entry {r})" for r in rows])
+        match_keys(
+            left,
+            right,
+            How.LEFT,
+            right_name="friend 'sys'",
+            right_origin=lambda rows: [f"f.root (entry {r})" for r in rows],
+        )
     message = str(caught.value)
     assert "(1, 1, 5)" in message
     assert "f.root (entry 0)" in message

@@ -46,10 +46,24 @@ def test_defaults_and_presets() -> None:
         ({"friends": [{"name": "1bad", "files": ["f.root"], "columns": ["sf"]}]}, "friends.0.name"),
         ({"friends": [{"name": "sys", "files": [], "columns": ["sf"]}]}, "friends.0.files"),
         ({"friends": [{"name": "sys", "files": ["f"], "columns": ["sf"], "how": "anti"}]}, "anti is internal"),
-        ({"friends": [{"name": "a", "files": ["f"], "columns": ["x"]}, {"name": "a", "files": ["g"], "columns": ["y"]}]},
-         "unique"),
-        ({"friends": [{"name": "a", "files": ["f"], "columns": ["x"], "how": "outer"},
-                      {"name": "b", "files": ["g"], "columns": ["y"]}]}, "exactly one friend"),
+        (
+            {
+                "friends": [
+                    {"name": "a", "files": ["f"], "columns": ["x"]},
+                    {"name": "a", "files": ["g"], "columns": ["y"]},
+                ]
+            },
+            "unique",
+        ),
+        (
+            {
+                "friends": [
+                    {"name": "a", "files": ["f"], "columns": ["x"], "how": "outer"},
+                    {"name": "b", "files": ["g"], "columns": ["y"]},
+                ]
+            },
+            "exactly one friend",
+        ),
         ({"primary": {"files": ["a"], "columns": ["x", "x"]}}, "primary.columns"),
         ({"inference": [{"model": "m", "inputs": {}, "outputs": {"O": "score"}}]}, "inference.0.inputs"),
         ({"key": []}, "key"),
@@ -63,8 +77,10 @@ def test_bad_specs_name_the_field(changes, fragment) -> None:
 
 def test_spec_hash_is_canonical() -> None:
     a = parse_spec(_spec())
-    b = parse_spec_text('{"key": "cms", "friends": [{"columns": ["sf"], "files": ["f.root"], "name": "sys"}],'
-                        ' "primary": {"columns": ["Jet_pt"], "files": ["a.root"]}}')
+    b = parse_spec_text(
+        '{"key": "cms", "friends": [{"columns": ["sf"], "files": ["f.root"], "name": "sys"}],'
+        ' "primary": {"columns": ["Jet_pt"], "files": ["a.root"]}}'
+    )
     assert a.spec_hash() == b.spec_hash()
     c = parse_spec(_spec(primary={"files": ["other.root"], "columns": ["Jet_pt"]}))
     assert a.spec_hash() != c.spec_hash()

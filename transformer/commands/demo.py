@@ -26,10 +26,20 @@ def write_demo_inputs(directory: Path, events: int) -> Path:
         "primary": {"files": ["data/nano_*.root"], "columns": ["Jet_pt", "Jet_eta", "Muon_pt", "MET_pt"]},
         "key": "cms",
         "friends": [
-            {"name": "syst", "files": ["data/aligned_*.root"], "tree": "Friends",
-             "columns": ["weight_up", "weight_down"], "how": "left"},
-            {"name": "jetsf", "files": ["data/regrouped_*.root"], "tree": "Friends",
-             "columns": ["Jet_sf"], "how": "left"},
+            {
+                "name": "syst",
+                "files": ["data/aligned_*.root"],
+                "tree": "Friends",
+                "columns": ["weight_up", "weight_down"],
+                "how": "left",
+            },
+            {
+                "name": "jetsf",
+                "files": ["data/regrouped_*.root"],
+                "tree": "Friends",
+                "columns": ["Jet_sf"],
+                "how": "left",
+            },
         ],
     }
     path = directory / "demo_spec.yaml"
@@ -48,8 +58,13 @@ def run(args: argparse.Namespace) -> int:
     output = directory / "joined"
     code = join.run(
         argparse.Namespace(
-            spec=str(spec_path), output=str(output), workers=None, format="parquet", chunk_entries=None,
-            index_cache=str(directory / "index-cache"), no_progress=False,
+            spec=str(spec_path),
+            output=str(output),
+            workers=None,
+            format="parquet",
+            chunk_entries=None,
+            index_cache=str(directory / "index-cache"),
+            no_progress=False,
         )
     )
     if code == 0:

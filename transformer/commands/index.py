@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"servicex-joiner: error: {error}", file=sys.stderr)
         return 2
     for fragment in index[args.friend].fragments:
-        print(f"{fragment.identity.path}: {fragment.num_entries} entries, keys {fragment.min_key}..{fragment.max_key}"
-              f" -> {Path(args.output) / fragment.name}")
+        print(
+            f"{fragment.identity.path}: {fragment.num_entries} entries, keys {fragment.min_key}..{fragment.max_key}"
+            f" -> {Path(args.output) / fragment.name}"
+        )
     return 0

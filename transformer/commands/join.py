@@ -190,12 +190,14 @@ def run(args: argparse.Namespace) -> int:
     tasks = plan_tasks(spec, primary_paths, indexes, out)
     output_format = OutputFormat(args.format)
     if output_format is OutputFormat.ROOT:
-        tasks = [Task(t.role, t.path, t.output.with_suffix("") if t.output.suffix == ".parquet" else t.output)
-                 for t in tasks]
+        tasks = [
+            Task(t.role, t.path, t.output.with_suffix("") if t.output.suffix == ".parquet" else t.output) for t in tasks
+        ]
     workers = max(1, min(args.workers or (os.cpu_count() or 1), len(tasks) or 1))
     triton_url = os.environ.get("TRITON_URL")
-    outcomes = _execute(spec, tasks, indexes, output_format, args.chunk_entries, triton_url, workers,
-                        progress=not args.no_progress)
+    outcomes = _execute(
+        spec, tasks, indexes, output_format, args.chunk_entries, triton_url, workers, progress=not args.no_progress
+    )
     _summary(spec, outcomes, time.perf_counter() - started, out)
     return 1 if any(o.error for o in outcomes) else 0
 
