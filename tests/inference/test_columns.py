@@ -102,9 +102,7 @@ def test_empty_table_and_empty_collections() -> None:
 
 
 def test_counts_must_agree() -> None:
-    table = pa.table(
-        {"Jet_a": jagged(np.array([2, 1]), np.zeros(3)), "Jet_b": jagged(np.array([1, 2]), np.zeros(3))}
-    )
+    table = pa.table({"Jet_a": jagged(np.array([2, 1]), np.zeros(3)), "Jet_b": jagged(np.array([1, 2]), np.zeros(3))})
     with pytest.raises(InferenceInputError, match="different numbers of Jet objects"):
         gather(table, make_plan("Jet", ["Jet_a", "Jet_b"]))
 

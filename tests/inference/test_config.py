@@ -48,9 +48,7 @@ def test_endpoint_parse_refuses(url: str) -> None:
 
 def test_no_url_with_inference_entries() -> None:
     spec = parse_spec(SPEC)
-    with pytest.raises(
-        InferenceConfigError, match="model\\(s\\) 'jet_mlp' but no Triton server is configured"
-    ):
+    with pytest.raises(InferenceConfigError, match="model\\(s\\) 'jet_mlp' but no Triton server is configured"):
         build_producers(spec, None)
     assert build_producers(parse_spec({"primary": {"columns": ["MET_pt"]}}), None) == []
 

@@ -121,9 +121,7 @@ def test_event_level_width_two_and_versions(triton_server: TritonServer) -> None
             assert producer.describe()["models"][0]["served_versions"] == [version or "2"]
         assert out.column_names[-2:] == ["met_affine_0", "met_affine_1"]
         assert out.schema.field("met_affine_0").type == pa.float32()
-        np.testing.assert_allclose(
-            out.column("met_affine_0").to_numpy(), met_pt + 2 * met_phi + offset, rtol=1e-6
-        )
+        np.testing.assert_allclose(out.column("met_affine_0").to_numpy(), met_pt + 2 * met_phi + offset, rtol=1e-6)
         np.testing.assert_allclose(out.column("met_affine_1").to_numpy(), met_pt * met_phi, rtol=1e-6)
 
 
@@ -157,10 +155,7 @@ def test_two_entries_and_null_rows(triton_server: TritonServer) -> None:
         axis=1,
     )
     np.testing.assert_allclose(scores.flatten().to_numpy(), jet_mlp_reference(features), rtol=1e-5, atol=1e-6)
-    assert (
-        pa.compute.list_value_length(scores).to_numpy(zero_copy_only=False)[valid].tolist()
-        == counts[valid].tolist()
-    )
+    assert pa.compute.list_value_length(scores).to_numpy(zero_copy_only=False)[valid].tolist() == counts[valid].tolist()
     assert out.column("met_affine_0").null_count == int((~valid).sum())
 
 
@@ -235,20 +230,25 @@ def test_other_mismatches_fail_fast(triton_server: TritonServer, changes: dict[s
     assert time.monotonic() - began < 5  # refused at once, not after waiting for the deadline
 
 
-def test_unreachable_server_fails_files_not_the_worker() -> None:
+def test_unreachable_server_fails_files_not_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waited for once up to the startup deadline; then every file fails clearly after a short probe."""
+    from transformer.inference import producer as producer_module
+
+    monkeypatch.setattr(producer_module, "REPROBE_S", 0.5)
     url = f"127.0.0.1:{free_port()}"
     spec = parse_spec({"inference": [JET_ENTRY]})
     began = time.monotonic()
-    (producer,) = build_producers(
-        spec, url, startup_deadline_s=1.0, deadline_s=1.0, registry=CollectorRegistry()
-    )
+    (producer,) = build_producers(spec, url, startup_deadline_s=1.0, deadline_s=30.0, registry=CollectorRegistry())
     try:
-        assert time.monotonic() - began < 5
-        with pytest.raises(
-            ServerUnavailableError,
-            match=rf"Triton server grpc://{url} did not have model 'jet_mlp' ready within 1s",
-        ):
-            producer(random_jets(10))
+        assert 1.0 <= time.monotonic() - began < 5
+        for _ in range(2):  # file after file: a clear error, after the short probe, not the 30 s deadline
+            began = time.monotonic()
+            with pytest.raises(
+                ServerUnavailableError,
+                match=rf"Triton server grpc://{url} did not have model 'jet_mlp' ready within 0.5s .*unreachable",
+            ):
+                producer(random_jets(10))
+            assert time.monotonic() - began < 3
     finally:
         producer.close()  # type: ignore[attr-defined]
     assert check_spec_against_server(spec, url, timeout_s=0.5) is False

@@ -91,9 +91,7 @@ class TritonEndpoint:
         scheme = parts.scheme.lower()
         known = scheme in ("grpc", "grpcs", "http", "https")
         if not known or not parts.hostname or parts.path not in ("", "/"):
-            raise InferenceConfigError(
-                f"TRITON_URL {url!r} is not host:port (gRPC) or http://host:port (HTTP)"
-            )
+            raise InferenceConfigError(f"TRITON_URL {url!r} is not host:port (gRPC) or http://host:port (HTTP)")
         try:
             port = parts.port
         except ValueError:
@@ -305,9 +303,7 @@ class TritonClient:
 
         return self._loop.run(probe())
 
-    def wait_for_model(
-        self, model: str, version: str | None, *, deadline_s: float | None = None
-    ) -> ModelInfo:
+    def wait_for_model(self, model: str, version: str | None, *, deadline_s: float | None = None) -> ModelInfo:
         """Wait until the server is live and the model ready, then read the model's metadata and config.
 
         Args:
@@ -335,9 +331,7 @@ class TritonClient:
         while True:
             attempt += 1
             try:
-                state = await asyncio.wait_for(
-                    self._model_state(model, version), self.policy.request_timeout_s
-                )
+                state = await asyncio.wait_for(self._model_state(model, version), self.policy.request_timeout_s)
                 if state == "READY":
                     if grpc:
                         metadata = await client.get_model_metadata(model, version or "", as_json=True)
@@ -396,9 +390,7 @@ class TritonClient:
                 f"model {model!r} version {version} is not served by Triton server {self.endpoint} "
                 f"(versions: {served_versions})"
             )
-        states = "; ".join(
-            f"{e.get('state', '?')}" + (f" ({e['reason']})" if e.get("reason") else "") for e in entries
-        )
+        states = "; ".join(f"{e.get('state', '?')}" + (f" ({e['reason']})" if e.get("reason") else "") for e in entries)
         return f"model is not ready: {states}"
 
     # ---- inference -------------------------------------------------------------------------------------

@@ -160,9 +160,7 @@ def _combined(column: pa.ChunkedArray) -> pa.Array:
 
 
 def _is_primitive(data_type: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type)
-    )
+    return bool(pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type))
 
 
 def _take_valid(array: pa.Array, valid: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -58,9 +58,7 @@ class ModelInfo:
     outputs: Mapping[str, TensorInfo]
 
     @classmethod
-    def from_metadata(
-        cls, metadata: Mapping[str, Any], config: Mapping[str, Any], *, server: str
-    ) -> ModelInfo:
+    def from_metadata(cls, metadata: Mapping[str, Any], config: Mapping[str, Any], *, server: str) -> ModelInfo:
         """Build from Triton's model metadata and model configuration (both as JSON-like mappings).
 
         Args:
@@ -179,9 +177,7 @@ def plan_entry(entry: InferenceSpec, info: ModelInfo, *, server: str) -> EntryPl
         problems.append(f"the model's input tensor(s) {missing_in} are not given in the spec's inputs")
     unknown_out = [t for t in entry.outputs if t not in info.outputs]
     if unknown_out:
-        problems.append(
-            f"output tensor(s) {unknown_out} not in the model (its outputs: {sorted(info.outputs)})"
-        )
+        problems.append(f"output tensor(s) {unknown_out} not in the model (its outputs: {sorted(info.outputs)})")
 
     inputs: list[InputPlan] = []
     for tensor, columns in entry.inputs.items():
@@ -214,8 +210,7 @@ def plan_entry(entry: InferenceSpec, info: ModelInfo, *, server: str) -> EntryPl
         width = _output_width(tinfo.dims)
         if width is None:
             problems.append(
-                f"output {tensor!r} has dims {list(tinfo.dims)} per row: only [] or [k] with a fixed k "
-                "map to columns"
+                f"output {tensor!r} has dims {list(tinfo.dims)} per row: only [] or [k] with a fixed k map to columns"
             )
             continue
         outputs.append(OutputPlan(tensor, column, tinfo.datatype, dtype, width))
@@ -223,17 +218,14 @@ def plan_entry(entry: InferenceSpec, info: ModelInfo, *, server: str) -> EntryPl
     if info.max_batch_size > 0:
         batch_size = entry.batch_size or info.max_batch_size
         if batch_size > info.max_batch_size:
-            problems.append(
-                f"batch_size {batch_size} exceeds the model's max_batch_size {info.max_batch_size}"
-            )
+            problems.append(f"batch_size {batch_size} exceeds the model's max_batch_size {info.max_batch_size}")
     else:
         batch_size = entry.batch_size or DEFAULT_BATCH_SIZE
 
     if problems:
         version = f" version {entry.version}" if entry.version else ""
         raise ModelMismatchError(
-            f"inference spec does not match model {entry.model!r}{version} on {server}: "
-            + "; ".join(problems)
+            f"inference spec does not match model {entry.model!r}{version} on {server}: " + "; ".join(problems)
         )
     return EntryPlan(
         model=entry.model,

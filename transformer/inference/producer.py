@@ -35,6 +35,7 @@ from transformer.inference.model_check import EntryPlan, ModelInfo, plan_entry
 log = logging.getLogger(__name__)
 
 DEFAULT_IN_FLIGHT = 4
+REPROBE_S = 5.0  # how long later files wait for a server that was already waited for in vain
 
 
 class TritonColumnProducer:
@@ -76,6 +77,7 @@ class TritonColumnProducer:
         self._models: dict[tuple[str, str | None], ModelInfo] = {}
         self._plans: tuple[EntryPlan, ...] | None = None
         self._served_versions: dict[int, set[str]] = {}
+        self._unreachable = False  # the last wait for the server ran out: later files probe briefly
         self.metrics = InferenceMetrics.for_registry(registry)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -110,7 +112,9 @@ class TritonColumnProducer:
 
         The worker calls this at start: a `ModelMismatchError` stops it (the spec can never work), a
         `ServerUnavailableError` means the server was not reachable in time (the worker goes on; each
-        file then tries again and fails clearly if it still cannot connect).
+        file then tries again and fails clearly if it still cannot connect). Once a wait has run out,
+        later calls without `deadline_s` probe for at most `REPROBE_S` until the server is back, so that
+        file after file does not wait the whole deadline for a server that is down.
 
         Args:
             deadline_s: how long to wait for an unreachable server (default: the producer's deadline).
@@ -127,14 +131,21 @@ class TritonColumnProducer:
                 return self._plans
             if self._client is None:
                 self._client = TritonClient(self.endpoint, self.policy)
+            if deadline_s is None:
+                deadline_s = min(REPROBE_S, self.policy.deadline_s) if self._unreachable else self.policy.deadline_s
             plans = []
             for entry in self.entries:
                 key = (entry.model, entry.version)
                 if key not in self._models:
-                    self._models[key] = self._client.wait_for_model(
-                        entry.model, entry.version, deadline_s=deadline_s
-                    )
+                    try:
+                        self._models[key] = self._client.wait_for_model(
+                            entry.model, entry.version, deadline_s=deadline_s
+                        )
+                    except ServerUnavailableError:
+                        self._unreachable = True
+                        raise
                 plans.append(plan_entry(entry, self._models[key], server=str(self.endpoint)))
+            self._unreachable = False
             _check_output_names(plans)
             self._plans = tuple(plans)
             log.info(
@@ -204,9 +215,7 @@ class TritonColumnProducer:
                     "platform": info.platform if info is not None else None,
                     "level": entry.level,
                     "inputs": {k: list(v) for k, v in entry.inputs.items()},
-                    "columns": (
-                        list(plan.output_columns) if plan is not None else list(entry.outputs.values())
-                    ),
+                    "columns": (list(plan.output_columns) if plan is not None else list(entry.outputs.values())),
                     "batch_size": plan.batch_size if plan is not None else entry.batch_size,
                 }
             )
@@ -224,8 +233,7 @@ def _check_output_names(plans: Sequence[EntryPlan]) -> None:
         for column in plan.output_columns:
             if column in seen:
                 raise ModelMismatchError(
-                    f"inference column {column!r} is written by both model {seen[column]!r} "
-                    f"and {plan.model!r}"
+                    f"inference column {column!r} is written by both model {seen[column]!r} and {plan.model!r}"
                 )
             seen[column] = plan.model
 
