@@ -1,0 +1,203 @@
+"""Worker throughput through RabbitMQ and S3 against `servicex-joiner join --workers 1` on the same files.
+
+Generates 10 NanoAOD-like files of 10^5 events (LZMA) with one aligned and one reordered friend (cached in
+--data), then, in one run: (1) `servicex-joiner join --workers 1`; (2) one `servicex-joiner worker`
+consuming 10 Celery-published tasks, uploading to SeaweedFS and reporting to a recording App; (3) two
+workers on the same queue. Each timing includes process start-up (tasks are queued before the workers
+start, as the App does). CPU-seconds are the children's user+system time (workers, their fork servers and
+file processes), read with getrusage after they exit. Prints ratios; needs RabbitMQ on 127.0.0.1:5672.
+
+Usage: python benchmarks/bench_worker.py [--data DIR] [--events N] [--files N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from joiner.datagen import generate_dataset, generate_friends  # noqa: E402
+from tests.fixtures.app_recorder import AppRecorder  # noqa: E402
+from tests.fixtures.rabbitmq import RABBIT_URL, AppPublisher, delete_queue  # noqa: E402
+from tests.fixtures.seaweedfs import free_port, start_seaweedfs, stop_seaweedfs  # noqa: E402
+from tests.worker_support import WorkerProcess  # noqa: E402
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of `root` and its live descendants, with what they reaped (utime+stime+cutime+cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo.extend(child for child, (parent, _) in stats.items() if parent == pid)
+    return total
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def prepare(data: Path, files: int, events: int) -> Path:
+    """Generate the dataset once (reused when present) and write the spec; return the spec path."""
+    stamp = data / f"ready-{files}x{events}"
+    if not stamp.exists():
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        _, keys = generate_dataset(data, n_files=files, events_per_file=events, seed=1)
+        generate_friends(keys, data, kind="aligned", seed=2)
+        generate_friends(keys, data, kind="reordered", drop_fraction=0.1, seed=3)
+        stamp.write_text("ok")
+    spec = {
+        "primary": {
+            "files": [str(data / f"nano_{i}.root") for i in range(files)],
+            "columns": ["Jet_*", "nJet", "Muon_*", "nMuon", "genWeight"],
+        },
+        "key": "cms",
+        "friends": [
+            {
+                "name": "al",
+                "files": [str(data / "aligned_*.root")],
+                "tree": "Friends",
+                "columns": ["weight_up", "Jet_sf"],
+                "prefix": "al_",
+            },
+            {
+                "name": "re",
+                "files": [str(data / "reordered_*.root")],
+                "tree": "Friends",
+                "columns": ["weight_up", "Jet_sf"],
+                "prefix": "re_",
+                "how": "left",
+            },
+        ],
+    }
+    path = data / "bench_spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def run_join(spec: Path, out: Path) -> tuple[float, float]:
+    """`servicex-joiner join --workers 1`: (wall seconds, CPU seconds)."""
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transformer.cli",
+            "join",
+            "--spec",
+            str(spec),
+            "--output",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    return time.perf_counter() - t0, _children_cpu() - cpu0
+
+
+def run_workers(
+    n_workers: int,
+    spec: Path,
+    inputs: list[Path],
+    s3_env: dict[str, str],
+    work: Path,
+    recorder: AppRecorder,
+    publisher: AppPublisher,
+) -> tuple[float, float]:
+    """`n_workers` workers consume one task per input: (wall seconds, CPU seconds)."""
+    request_id = str(uuid.uuid4())
+    env = {**s3_env, "JOINER_ALLOWED_LOCATIONS": "/", "JOINER_CACHE_BUCKET": "cache-" + request_id[:8]}
+    t0 = time.perf_counter()
+    for file_id, path in enumerate(inputs, start=1):
+        publisher.send_file(request_id, file_id, [str(path)], recorder.endpoint(request_id))
+    workers = [
+        WorkerProcess(
+            request_id=request_id,
+            rabbit_url=RABBIT_URL,
+            spec=spec,
+            env=env,
+            log=work / f"{request_id}-{i}.log",
+            probe_port=free_port(),
+        )
+        for i in range(n_workers)
+    ]
+    reports = recorder.wait_for(request_id, len(inputs), timeout_s=1800)
+    wall = time.perf_counter() - t0
+    time.sleep(0.5)  # let the fork servers reap the last file processes
+    cpu = sum(_tree_cpu(worker.process.pid) for worker in workers)
+    for worker in workers:
+        worker.terminate()
+    delete_queue(RABBIT_URL, f"transformer-{request_id}")
+    failed = [r for r in reports if r["status"] != "success"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} files failed; see {work}")
+    return wall, cpu
+
+
+def main() -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO / ".cache" / "bench-worker"), help="dataset folder")
+    parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args()
+    spec = prepare(Path(args.data), args.files, args.events)
+    inputs = [Path(args.data) / f"nano_{i}.root" for i in range(args.files)]
+    events = args.files * args.events
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        work = Path(tmp)
+        server = start_seaweedfs(work)
+        recorder = AppRecorder()
+        publisher = AppPublisher(RABBIT_URL)
+        try:
+            s3_env = {**server.env()}
+            join_wall, join_cpu = run_join(spec, work / "join-out")
+            one_wall, one_cpu = run_workers(1, spec, inputs, s3_env, work, recorder, publisher)
+            two_wall, two_cpu = run_workers(2, spec, inputs, s3_env, work, recorder, publisher)
+        finally:
+            publisher.close()
+            recorder.close()
+            stop_seaweedfs(server)
+    rows = [
+        ("servicex-joiner join --workers 1", join_wall, join_cpu),
+        ("worker x1 (RabbitMQ + S3 + reports)", one_wall, one_cpu),
+        ("worker x2 (same queue)", two_wall, two_cpu),
+    ]
+    print(f"{args.files} files x {args.events} events, LZMA, aligned + reordered friend; {events} events")
+    print(f"{'run':40s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'CPU us/event':>13s}")
+    for name, wall, cpu in rows:
+        print(f"{name:40s} {wall:8.2f} {events / wall:10.0f} {cpu:8.2f} {1e6 * cpu / events:13.2f}")
+    print(f"worker x1 / join --workers 1 throughput: {join_wall / one_wall:.2f} (goal >= 0.9)")
+    print(f"worker x2 / worker x1 throughput:        {one_wall / two_wall:.2f} (goal >= 1.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
