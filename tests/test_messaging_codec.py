@@ -74,6 +74,6 @@ def test_invalid_messages(mutate: Any, match: str) -> None:
 
 
 def test_other_serializers_are_refused() -> None:
-    body, headers, _, enc = celery_message()
+    body, headers, _, _ = celery_message()
     with pytest.raises(InvalidMessageError, match="content type"):
         decode_task(body, headers, content_type="application/x-python-serialize", content_encoding="binary")

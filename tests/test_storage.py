@@ -37,7 +37,7 @@ def test_wrong_credentials_and_dead_server_raise_storage_error(s3_server: S3Serv
         ObjectStoreSettings(url=s3_server.url, access_key=SecretStr(s3_server.access_key),
                             secret_key=SecretStr("not-the-secret"))
     )
-    with pytest.raises(StorageError, match="AccessDenied|SignatureDoesNotMatch"):
+    with pytest.raises(StorageError, match=r"AccessDenied|SignatureDoesNotMatch"):
         bad.put_bytes("req-bad", "x", b"1")
     dead = S3Store(ObjectStoreSettings(url="127.0.0.1:9", access_key=SecretStr("a"), secret_key=SecretStr("b")),
                    connect_timeout=0.5)

@@ -49,6 +49,6 @@ def test_crashes_become_errors(supervisor: Supervisor) -> None:
 
 def test_deadline_kills_the_child(supervisor: Supervisor) -> None:
     started = time.monotonic()
-    with pytest.raises(FileDeadlineError, match="deadline of 0.5 s"):
+    with pytest.raises(FileDeadlineError, match=r"deadline of 0\.5 s"):
         supervisor.run(_hang, 60, deadline_s=0.5, pump=lambda s: None, poll_s=0.05)
     assert time.monotonic() - started < 5

@@ -83,7 +83,7 @@ def truncated_copy(source: Path, target: Path, fraction: float = 0.5) -> None:
     target.write_bytes(data[: int(len(data) * fraction)])
 
 
-def write_spec(path: Path, friends: Sequence[Mapping[str, Any]], columns: Sequence[str] = ("Muon_pt", "nMuon")) -> Path:  # noqa: E501
+def write_spec(path: Path, friends: Sequence[Mapping[str, Any]], columns: Sequence[str] = ("Muon_pt", "nMuon")) -> Path:
     """A join spec (JSON) with the cms key."""
     path.write_text(json.dumps({"primary": {"columns": list(columns)}, "key": "cms", "friends": list(friends)}))
     return path

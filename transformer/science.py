@@ -64,7 +64,7 @@ def transform(
             locations, or the object store (index cache) unreachable.
         OSError: the file could not be read or written.
     """
-    from joiner.engine import join_file  # type: ignore[attr-defined,unused-ignore]
+    from joiner.engine import join_file
 
     output_format: OutputFormat | None = SUPPORTED_FORMATS.get(result_format)
     if output_format is None:

@@ -366,7 +366,7 @@ def run_job(job: FileJob) -> FileOutcome:
 
 def build_collaborators(job: FileJob, spec: JoinSpec) -> Collaborators:
     """The real collaborators for one job: engine, S3 or volume sink, S3 fragment cache, producers."""
-    from joiner.engine import join_file  # type: ignore[attr-defined,unused-ignore]
+    from joiner.engine import join_file
 
     settings = job.settings
     store = None
