@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 EVENTS_PER_LUMI = 1_000
+BASKET_ENTRIES = 20_000  # events per basket, of the order CMS NanoAOD uses
 FIRST_EVENT = 100_000_000
 
 
@@ -54,7 +55,9 @@ def write_tree(path: Path, tree: str, columns: dict[str, Any], *, compression: A
         handle.mktree(
             tree, {k: v.type.content for k, v in branches.items()}, field_name=_nano_names, counter_name=_counter
         )
-        handle[tree].extend(branches)
+        total = len(next(iter(branches.values()))) if branches else 0
+        for start in range(0, max(total, 1), BASKET_ENTRIES):
+            handle[tree].extend({k: v[start : start + BASKET_ENTRIES] for k, v in branches.items()})
 
 
 @dataclass(frozen=True)

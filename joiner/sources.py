@@ -163,8 +163,8 @@ class RootSource:
 
     def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:
         self._check(names)
-        if not names:
-            return pa.table({}).append_column("_", pa.nulls(max(stop - start, 0))).drop(["_"])
+        if stop <= start:
+            return self._empty_table(names)
         try:
             arrays = self._tree.arrays(list(names), library="ak", entry_start=start, entry_stop=stop)
         except Exception as error:  # noqa: BLE001
@@ -172,6 +172,15 @@ class RootSource:
                 f"cannot read branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
             ) from None
         return awkward_to_arrow(arrays, names)
+
+    def _empty_table(self, names: Sequence[str]) -> pa.Table:
+        """Zero rows with the branches' types, from their interpretations: no basket is read."""
+        columns = []
+        for name in names:
+            form = self._tree[name].interpretation.awkward_form(self._tree.file)
+            empty = ak.Array(form.length_zero_array())
+            columns.append(ak.to_arrow(empty, extensionarray=False, list_to32=True))
+        return pa.Table.from_arrays(columns, names=list(names))
 
     def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:
         try:
