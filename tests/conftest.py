@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.app_recorder",
     "tests.fixtures.data",
     "tests.fixtures.triton",
+    "tests.fixtures.servicex_stack",
 ]

@@ -119,13 +119,8 @@ def test_locations_and_limits_are_refused_with_what_to_change() -> None:
         local = client.post(GENERATED_CODE_PATH, json={"code": selection(["/var/run/secrets/token"])})
         assert local.status_code == 500
         assert "friends.0.files.0" in local.json()["Message"]
-        assert (
-            "JOINER_ALLOWED_LOCATIONS permits only paths starting with 'root://eos/'"
-            in local.json()["Message"]
-        )
-        many = client.post(
-            GENERATED_CODE_PATH, json={"code": selection([f"root://eos//{i}.root" for i in range(3)])}
-        )
+        assert "JOINER_ALLOWED_LOCATIONS permits only paths starting with 'root://eos/'" in local.json()["Message"]
+        many = client.post(GENERATED_CODE_PATH, json={"code": selection([f"root://eos//{i}.root" for i in range(3)])})
         assert many.status_code == 500
         assert "at most 2 friend files per spec (JOINER_MAX_FRIEND_FILES)" in many.json()["Message"]
         metrics = client.get("/metrics").text
@@ -134,9 +129,7 @@ def test_locations_and_limits_are_refused_with_what_to_change() -> None:
 
 def test_bodies_over_the_limit_and_malformed_bodies_are_refused() -> None:
     with TestClient(create_app(settings(max_body_bytes=300))) as client:
-        big = client.post(
-            GENERATED_CODE_PATH, json={"code": selection([f"root://eos//{i}.root" for i in range(20)])}
-        )
+        big = client.post(GENERATED_CODE_PATH, json={"code": selection([f"root://eos//{i}.root" for i in range(20)])})
         assert big.status_code == 413
         assert "larger than 300 bytes (JOINER_MAX_BODY_BYTES)" in big.json()["Message"]
         streamed = client.post(
@@ -211,10 +204,7 @@ def test_http_friends_are_sized_by_head_requests(http_files: str) -> None:
         assert missing.status_code == 500
         assert "friends.0.files.0" in missing.json()["Message"]
         assert "does not exist" in missing.json()["Message"]
-        assert (
-            client.post(GENERATED_CODE_PATH, json={"code": selection([f"{http_files}/b.root"])}).status_code
-            == 200
-        )
+        assert client.post(GENERATED_CODE_PATH, json={"code": selection([f"{http_files}/b.root"])}).status_code == 200
 
 
 @pytest.mark.integration
@@ -232,21 +222,15 @@ def test_s3_friends_are_listed_and_sized_in_the_object_store(s3_server: S3Server
         service=ServiceSettings(science_image=IMAGE),
     )
     with TestClient(create_app(config)) as client:
-        globbed = client.post(
-            GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/sys/*.root"])}
-        )
+        globbed = client.post(GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/sys/*.root"])})
         assert globbed.status_code == 500
         assert "hold 350 bytes" in globbed.json()["Message"]
         one = client.post(GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/sys/f2.root"])})
         assert one.status_code == 200
-        missing = client.post(
-            GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/sys/f3.root"])}
-        )
+        missing = client.post(GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/sys/f3.root"])})
         assert missing.status_code == 500
         assert "does not exist" in missing.json()["Message"]
-        none = client.post(
-            GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/nope/*.root"])}
-        )
+        none = client.post(GENERATED_CODE_PATH, json={"code": selection(["s3://codegen-friends/nope/*.root"])})
         assert "matches no file" in none.json()["Message"]
 
 

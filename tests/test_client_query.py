@@ -47,9 +47,7 @@ SERVICEX_FIRST = "import servicex.query as q\nfrom transformer.client.query impo
     ],
 )
 def test_any_import_order_works_in_a_fresh_interpreter(code: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code], check=False, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
@@ -134,8 +132,7 @@ Sample:
 def test_the_client_builds_a_join_request_and_its_cache_hash_is_stable(tmp_path: Path) -> None:
     config = tmp_path / "servicex.yaml"
     config.write_text(
-        "api_endpoints:\n  - name: local\n    endpoint: http://127.0.0.1:9\n"
-        f"cache_path: {tmp_path / 'cache'}\n"
+        f"api_endpoints:\n  - name: local\n    endpoint: http://127.0.0.1:9\ncache_path: {tmp_path / 'cache'}\n"
     )
     client = ServiceXClient(backend="local", config_path=str(config))
     client.query_cache.close()

@@ -72,9 +72,7 @@ def test_the_same_spec_always_gives_the_same_zip() -> None:
 
 def test_generate_answers_image_language_command_and_zip() -> None:
     selection = parse_spec(spec_with(["root://eos//f.root"])).canonical_json()
-    code, checked = generate(
-        selection, transformer_image="img:1", allowed=DEFAULT, limits=ROOMY, resolver=RESOLVER
-    )
+    code, checked = generate(selection, transformer_image="img:1", allowed=DEFAULT, limits=ROOMY, resolver=RESOLVER)
     assert (code.transformer_image, code.language, code.command) == ("img:1", "python", COMMAND)
     assert code.zip_data == build_zip(checked.spec)
     assert (checked.friend_files, checked.friend_bytes, checked.unsized_files) == (1, 0, 1)
@@ -129,9 +127,7 @@ def test_primary_files_of_right_joins_are_checked_too() -> None:
 def test_the_number_of_friend_files_is_limited() -> None:
     files = [f"root://eos//f{i}.root" for i in range(4)]
     limits = CodegenLimits(max_friend_files=3, max_friend_bytes=10**12)
-    with pytest.raises(
-        SpecRefusedError, match=r"name 4 files.*at most 3 friend files.*JOINER_MAX_FRIEND_FILES"
-    ):
+    with pytest.raises(SpecRefusedError, match=r"name 4 files.*at most 3 friend files.*JOINER_MAX_FRIEND_FILES"):
         check_spec(parse_spec(spec_with(files)), allowed=DEFAULT, limits=limits, resolver=RESOLVER)
     checked = check_spec(parse_spec(spec_with(files[:3])), allowed=DEFAULT, limits=limits, resolver=RESOLVER)
     assert checked.friend_files == 3

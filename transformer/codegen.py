@@ -146,9 +146,7 @@ def check_spec(
     """
     entries: list[tuple[str, str]] = [(f"primary.files.{i}", p) for i, p in enumerate(spec.primary.files)]
     friend_entries: list[tuple[str, str]] = [
-        (f"friends.{n}.files.{i}", p)
-        for n, friend in enumerate(spec.friends)
-        for i, p in enumerate(friend.files)
+        (f"friends.{n}.files.{i}", p) for n, friend in enumerate(spec.friends) for i, p in enumerate(friend.files)
     ]
     for field, path in entries + friend_entries:
         _check_location(field, path, allowed)

@@ -19,16 +19,12 @@ def decode_parts(body: bytes, content_type: str) -> list[tuple[str | None, bytes
     """
     if not content_type.startswith("multipart/"):
         raise ValueError(f"not a multipart answer: Content-Type {content_type!r}")
-    message = BytesParser(policy=policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
-    )
+    message = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
     if not isinstance(message, EmailMessage) or not message.is_multipart():
         raise ValueError("the multipart body has no parts")
     parts: list[tuple[str | None, bytes]] = []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)
-        parts.append(
-            (str(name) if name is not None else None, payload if isinstance(payload, bytes) else b"")
-        )
+        parts.append((str(name) if name is not None else None, payload if isinstance(payload, bytes) else b""))
     return parts

@@ -151,9 +151,7 @@ async def _generated_code(request: Request, service: _Service) -> tuple[Outcome,
     limit = service.settings.service.max_body_bytes
     body = await _read_body(request, limit)
     if body is None:
-        message = (
-            f"the request body is larger than {limit} bytes (JOINER_MAX_BODY_BYTES); the join spec is too big"
-        )
+        message = f"the request body is larger than {limit} bytes (JOINER_MAX_BODY_BYTES); the join spec is too big"
         log.info("code generation refused: %s", message)
         return Outcome.TOO_LARGE, _message(413, message)
     try:

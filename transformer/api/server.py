@@ -1,13 +1,16 @@
 """`servicex-joiner serve`: the code generator on uvicorn.
 
-Binds 127.0.0.1 unless told otherwise (`--host 0.0.0.0` in the image and the chart). uvicorn stops
-gracefully on SIGTERM (finishes the requests in flight), and the process exits 0.
+Binds 127.0.0.1 unless told otherwise (`--host 0.0.0.0` in the image and the chart). On SIGTERM or SIGINT
+uvicorn stops gracefully (it finishes the requests in flight) and then raises the signal again; the
+handlers installed here take that second one, so a stopped code generator exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -30,13 +33,22 @@ def run_from_args(args: argparse.Namespace) -> int:
         settings.worker.max_friend_files,
         settings.worker.max_friend_bytes,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=str(getattr(args, "log_level", "info")).lower(),
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-    )
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=str(getattr(args, "log_level", "info")).lower(),
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    log.info("code generator stopped (%s)", signal.Signals(signum).name)

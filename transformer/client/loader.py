@@ -41,9 +41,7 @@ def delivered_files(delivered: Delivered, names: Sequence[str] | None = None) ->
         chosen = list(delivered) if names is None else list(names)
         missing = [n for n in chosen if n not in delivered]
         if missing:
-            raise KeyError(
-                f"no sample named {missing} in the delivered result (samples: {sorted(delivered)})"
-            )
+            raise KeyError(f"no sample named {missing} in the delivered result (samples: {sorted(delivered)})")
         return [Path(p) for n in chosen for p in sorted(str(f) for f in delivered[n])]
     return [Path(p) for p in delivered]
 
@@ -88,9 +86,7 @@ def load_joined(
     return arrays[0] if len(arrays) == 1 else ak.concatenate(arrays)
 
 
-def load_events(
-    delivered: Delivered, *, names: Sequence[str] | None = None, schemaclass: Any = None
-) -> list[Any]:
+def load_events(delivered: Delivered, *, names: Sequence[str] | None = None, schemaclass: Any = None) -> list[Any]:
     """The delivered Parquet files as coffea NanoEvents, one events array per file.
 
     coffea builds NanoEvents from one file at a time, and analyses process them file by file. A friend's

@@ -60,8 +60,7 @@ def coerce_spec(source: SpecSource) -> JoinSpec:
     if isinstance(source, str | os.PathLike):
         return load_spec(Path(source))
     raise SpecError(
-        "JoinQuery takes a JoinSpec, a mapping, or the path of a YAML/JSON spec file, "
-        f"not {type(source).__name__}"
+        f"JoinQuery takes a JoinSpec, a mapping, or the path of a YAML/JSON spec file, not {type(source).__name__}"
     )
 
 

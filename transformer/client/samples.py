@@ -108,9 +108,7 @@ def join_request(
     }
 
 
-def _sample(
-    name: str, dataset: DataSetIdentifier, query: JoinQuery, ignore_local_cache: bool
-) -> dict[str, Any]:
+def _sample(name: str, dataset: DataSetIdentifier, query: JoinQuery, ignore_local_cache: bool) -> dict[str, Any]:
     return {"Name": name, "Dataset": dataset, "Query": query, "IgnoreLocalCache": ignore_local_cache}
 
 
