@@ -65,8 +65,9 @@ def write_friend(primary: Path, path: Path, *, drop_every: int, extra_events: in
     order = np.random.default_rng(seed).permutation(len(columns["event"]))
     columns = {name: values[order] for name, values in columns.items()}
     columns["sf"] = (columns["event"] % 1000).astype(np.float32) / 1000
-    with uproot.recreate(path) as out:
-        out["Events"] = columns
+    with uproot.recreate(path) as out:  # a TTree, as friend trees are (a dict assignment writes an RNTuple)
+        out.mktree("Events", {name: values.dtype for name, values in columns.items()})
+        out["Events"].extend(columns)
 
 
 def primary_rows(path: Path) -> dict[tuple[int, ...], dict[str, Any]]:
