@@ -293,6 +293,7 @@ class _FileJoin:
             tree=index.tree or self.spec.default_tree,
             file_format=index.file_format,
             storage_options=self.options,
+            window=self.chunk,
         )
 
     def _own_fragment(self, source: TableSource, dataset: str) -> KeyFragment:
@@ -492,7 +493,6 @@ class _FileJoin:
             candidates.entries[picked],
             columns=side.read_names,
             key_columns=self.keys,
-            window=self.chunk,
         )
         verify_keys(friend.name, [k[targets] for k in rows.keys], gathered.keys)
         columns = place(gathered.table, targets, len(rows.entries))
@@ -581,7 +581,6 @@ class _FileJoin:
                 candidates.entries[picked],
                 columns=names,
                 key_columns=self.keys,
-                window=self.chunk,
                 cut=self.spec.primary.cut,
             )
             verify_keys("primary", [k[targets] for k in keys], gathered.keys)
