@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,9 @@ from joiner.spec import parse_spec
 from tests.fixtures.seaweedfs import S3Server
 from tests.standin_app.multipart import decode_parts
 from transformer.api.app import GENERATED_CODE_PATH, create_app
+from transformer.api.friend_files import RemoteFileResolver
+from transformer.codegen import CodegenLimits, check_spec
+from transformer.locations import AllowedLocations
 from transformer.settings import InferenceSettings, ServiceSettings, Settings, WorkerSettings
 
 IMAGE = "registry.example/servicex-joiner:0.1.0"
@@ -165,6 +169,8 @@ class _FileServer(BaseHTTPRequestHandler):
     root: Path
 
     def do_HEAD(self) -> None:
+        if self.path.startswith("/slow/"):
+            time.sleep(3)
         path = self.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_response(404)
@@ -205,6 +211,16 @@ def test_http_friends_are_sized_by_head_requests(http_files: str) -> None:
         assert "friends.0.files.0" in missing.json()["Message"]
         assert "does not exist" in missing.json()["Message"]
         assert client.post(GENERATED_CODE_PATH, json={"code": selection([f"{http_files}/b.root"])}).status_code == 200
+
+
+def test_a_slow_friend_server_does_not_hold_up_the_submission(http_files: str) -> None:
+    spec = parse_spec(json.loads(selection([f"{http_files}/a.root", f"{http_files}/slow/b.root"])))
+    allowed = AllowedLocations((http_files + "/",))
+    limits = CodegenLimits(max_friend_files=10, max_friend_bytes=10**9)
+    started = time.monotonic()
+    checked = check_spec(spec, allowed=allowed, limits=limits, resolver=RemoteFileResolver(None), deadline_s=0.5)
+    assert time.monotonic() - started < 2.5
+    assert (checked.friend_files, checked.friend_bytes, checked.unsized_files) == (2, 1000, 1)
 
 
 @pytest.mark.integration

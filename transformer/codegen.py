@@ -16,7 +16,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,6 +127,7 @@ def check_spec(
     limits: CodegenLimits,
     resolver: FileResolver,
     threads: int = 8,
+    deadline_s: float = 20.0,
 ) -> CheckedSpec:
     """Check a valid spec against the deployment: locations, glob rules, file and byte limits.
 
@@ -136,6 +137,9 @@ def check_spec(
         limits: the per-spec limits.
         resolver: finds friend files and their sizes.
         threads: friend entries resolved in parallel.
+        deadline_s: time for resolving every entry; an entry not resolved by then counts as one file of
+            unknown size (the worker reads it, or reports it, later), so a slow server cannot hold up the
+            submission.
 
     Returns:
         The spec with the friend file count and bytes found.
@@ -152,16 +156,7 @@ def check_spec(
         _check_location(field, path, allowed)
     _check_count(len(friend_entries), limits, expanded=False)
 
-    def resolve(entry: tuple[str, str]) -> list[FoundFile]:
-        field, pattern = entry
-        try:
-            return resolver.resolve(pattern)
-        except FileNotFoundError as error:
-            what = "matches no file" if is_glob(pattern) else "does not exist"
-            raise SpecRefusedError(f"invalid join spec: {field}: {pattern!r} {what} ({error})") from None
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(friend_entries) or 1))) as pool:
-        found_lists = list(pool.map(resolve, friend_entries))
+    found_lists = _resolve_all(friend_entries, resolver, threads=threads, deadline_s=deadline_s)
     found = {f.path: f for files in found_lists for f in files}
     for (field, pattern), files in zip(friend_entries, found_lists, strict=True):
         for file in files:
@@ -179,6 +174,31 @@ def check_spec(
             "(JOINER_MAX_FRIEND_BYTES)"
         )
     return CheckedSpec(spec=spec, friend_files=len(found), friend_bytes=total, unsized_files=unsized)
+
+
+def _resolve_all(
+    entries: list[tuple[str, str]], resolver: FileResolver, *, threads: int, deadline_s: float
+) -> list[list[FoundFile]]:
+    """Resolve every (field, pattern) entry in parallel within `deadline_s`, in the entries' order."""
+    if not entries:
+        return []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(entries))), thread_name_prefix="friend-files")
+    try:
+        futures = [pool.submit(resolver.resolve, pattern) for _, pattern in entries]
+        wait(futures, timeout=deadline_s)
+        results: list[list[FoundFile]] = []
+        for (field, pattern), future in zip(entries, futures, strict=True):
+            if not future.done():
+                results.append([FoundFile(pattern, None)])
+                continue
+            try:
+                results.append(future.result())
+            except FileNotFoundError as error:
+                what = "matches no file" if is_glob(pattern) else "does not exist"
+                raise SpecRefusedError(f"invalid join spec: {field}: {pattern!r} {what} ({error})") from None
+        return results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_location(field: str, path: str, allowed: AllowedLocations) -> None:
