@@ -44,6 +44,7 @@ SERVICEX_FIRST = "import servicex.query as q\nfrom transformer.client.query impo
         SERVICEX_FIRST + "assert q.JoinQuery is J",
         "from transformer.client.samples import join_request; from transformer.client.query import JoinQuery",
         "import transformer.client, transformer.cli, sys; assert 'servicex' not in sys.modules",
+        "import transformer.api.app, transformer.worker, sys; assert 'servicex' not in sys.modules",
     ],
 )
 def test_any_import_order_works_in_a_fresh_interpreter(code: str) -> None:
@@ -72,6 +73,7 @@ def test_every_form_of_the_spec_gives_the_same_selection(tmp_path: Path) -> None
     assert selection == parse_spec(SPEC).canonical_json()
     assert json.loads(selection)["friends"][0]["prefix"] == "sys_"
     assert JoinQuery(SPEC) == JoinQuery(yaml_file)
+    assert JoinQuery("key: atlas") == JoinQuery({"key": "atlas"})
     assert hash(JoinQuery(SPEC)) == hash(JoinQuery(yaml_file))
 
 

@@ -43,7 +43,8 @@ def coerce_spec(source: SpecSource) -> JoinSpec:
 
     Args:
         source: a `JoinSpec`; a mapping; a path (`str` or `os.PathLike`) of a YAML or JSON spec file; or
-            YAML/JSON text (a string holding a newline or starting with `{`).
+            YAML/JSON text (a string holding a newline, starting with `{`, or a one-line `key: value`
+            mapping that is not a file's name).
 
     Returns:
         The validated spec. Relative local paths in a spec file are taken from the file's folder.
@@ -57,6 +58,8 @@ def coerce_spec(source: SpecSource) -> JoinSpec:
         return parse_spec(dict(source))
     if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
         return parse_spec_text(source)
+    if isinstance(source, str) and ": " in source and not Path(source).exists():
+        return parse_spec_text(source)  # one line of YAML, such as `!Join "key: cms"`
     if isinstance(source, str | os.PathLike):
         return load_spec(Path(source))
     raise SpecError(
