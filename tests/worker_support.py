@@ -73,7 +73,9 @@ def write_friend(primary: Path, path: Path, *, seed: int, reorder: bool, duplica
     columns = {name: keys[name][order] for name in KEYS}
     columns["sf"] = (keys["event"][order] % 1000).astype(np.float32) / 1000
     with uproot.recreate(path, compression=uproot.LZMA(6) if lzma else uproot.ZLIB(1)) as out:
-        out["Events"] = columns
+        # mktree: a TTree (assigning a dict writes an RNTuple in uproot >= 5.7)
+        out.mktree("Events", {name: value.dtype for name, value in columns.items()})
+        out["Events"].extend(columns)
     return order
 
 
