@@ -495,7 +495,7 @@ class _FileJoin:
             key_columns=self.keys,
         )
         verify_keys(friend.name, [k[targets] for k in rows.keys], gathered.keys)
-        columns = place(gathered.table, targets, len(rows.entries))
+        columns = place(gathered, targets, len(rows.entries))
         self.counts.matched[friend.name] += len(targets)
         self.counts.unmatched[friend.name] += len(rows.entries) - len(targets)
         return self._append(rows, side, friend, columns, matched)
@@ -584,12 +584,11 @@ class _FileJoin:
                 cut=self.spec.primary.cut,
             )
             verify_keys("primary", [k[targets] for k in keys], gathered.keys)
-            primary_table = gathered.table
+            passing = None
             if gathered.passes_cut is not None and not gathered.passes_cut.all():
                 # a primary row that fails the cut is no primary row at all
                 passing = gathered.passes_cut
                 matched[targets[~passing]] = False
-                primary_table = primary_table.filter(pa.array(passing))
                 targets = targets[passing]
             if self.role is Role.ANTI:
                 lonely = np.flatnonzero(~matched).astype(np.int64)
@@ -598,7 +597,7 @@ class _FileJoin:
                 primary_placed = _null_table(plan.primary, len(lonely))
                 self.counts.unmatched[friend.name] += len(lonely)
             else:
-                primary_placed = place(primary_table.select(plan.primary.read_names), targets, len(matched))
+                primary_placed = place(gathered, targets, len(matched), use=passing).select(plan.primary.read_names)
                 self.counts.matched[friend.name] += len(targets)
                 self.counts.unmatched[friend.name] += len(matched) - len(targets)
             table = _with_keys(primary_placed, self.keys, keys, plan.key_types)

@@ -19,7 +19,6 @@ import pyarrow as pa
 from joiner.sources import StorageOptions, TableSource, open_source
 from joiner.spec import FileFormat
 
-
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 
 
@@ -100,9 +99,14 @@ class SourcePool:
 
 @dataclass(frozen=True)
 class Gathered:
-    """Rows read for a set of (file, entry) pairs, in the order they were asked for."""
+    """Rows read for a set of (file, entry) pairs: the windows read, and which row of them each pair is.
+
+    `table` is the windows concatenated (no row copied yet); `rows[j]` is the row of `table` holding the
+    j-th requested pair, and `keys`/`passes_cut` are in request order. `place` copies each row once.
+    """
 
     table: pa.Table
+    rows: npt.NDArray[np.int64]
     keys: list[npt.NDArray[np.integer]]
     passes_cut: npt.NDArray[np.bool_] | None
 
@@ -116,7 +120,7 @@ def gather(
     key_columns: Sequence[str],
     cut: str | None = None,
 ) -> Gathered:
-    """Read `columns` and the key columns at the given rows, returned in the given order."""
+    """Read the windows holding the given rows (`columns`, key columns, cut) and locate each row in them."""
     count = len(entries)
     windows = entries // pool.window
     order = np.lexsort((entries, file_positions))
@@ -124,26 +128,29 @@ def gather(
     sorted_windows = windows[order]
     sorted_entries = entries[order]
     tables: list[pa.Table] = []
+    row_parts: list[npt.NDArray[np.int64]] = []
     key_parts: list[list[npt.NDArray[np.integer]]] = []
     cut_parts: list[npt.NDArray[np.bool_]] = []
+    offset = 0
     boundaries = np.flatnonzero((np.diff(sorted_files) != 0) | (np.diff(sorted_windows) != 0)) + 1
     for group in np.split(np.arange(count), boundaries):
         if not len(group):
             continue
-        window = pool.read_window(
-            int(sorted_files[group[0]]), int(sorted_windows[group[0]]), columns, key_columns, cut
-        )
-        rows = sorted_entries[group] - window.start
-        whole = len(rows) == window.table.num_rows
-        tables.append(window.table if whole else window.table.take(pa.array(rows)))
-        key_parts.append(window.keys if whole else [k[rows] for k in window.keys])
+        window = pool.read_window(int(sorted_files[group[0]]), int(sorted_windows[group[0]]), columns, key_columns, cut)
+        local = sorted_entries[group] - window.start
+        tables.append(window.table)
+        row_parts.append(local + offset)
+        offset += window.table.num_rows
+        key_parts.append([k[local] for k in window.keys])
         if window.passes_cut is not None:
-            cut_parts.append(window.passes_cut if whole else window.passes_cut[rows])
+            cut_parts.append(window.passes_cut[local])
     if tables:
         combined = pa.concat_tables(tables, promote_options="permissive")
+        rows_sorted = np.concatenate(row_parts)
         keys_sorted = [np.concatenate([p[i] for p in key_parts]) for i in range(len(key_columns))]
     else:
         combined = pool.source(0).read_table(columns, 0, 0) if pool.paths else pa.table({})
+        rows_sorted = np.zeros(0, dtype=np.int64)
         keys_sorted = [np.zeros(0, dtype=np.int64) for _ in key_columns]
     # back from (file, entry) order to the order asked for
     inverse = np.empty(count, dtype=np.int64)
@@ -151,14 +158,70 @@ def gather(
     passes: npt.NDArray[np.bool_] | None = None
     if cut is not None:
         passes = np.concatenate(cut_parts)[inverse] if cut_parts else np.zeros(0, dtype=bool)
-    return Gathered(combined.take(pa.array(inverse)), [k[inverse] for k in keys_sorted], passes)
+    return Gathered(combined, rows_sorted[inverse], [k[inverse] for k in keys_sorted], passes)
 
 
-def place(table: pa.Table, targets: npt.NDArray[np.int64], length: int) -> pa.Table:
-    """Rows of `table` moved to positions `targets` of a table of `length` rows; other rows are null."""
+def place(
+    gathered: Gathered, targets: npt.NDArray[np.int64], length: int, *, use: npt.NDArray[np.bool_] | None = None
+) -> pa.Table:
+    """The gathered rows moved to positions `targets` of a table of `length` rows; other rows are null.
+
+    `use` (optional, per requested row) drops some gathered rows (e.g. primary rows failing the cut).
+    """
+    rows = gathered.rows if use is None else gathered.rows[use]
     index = np.full(length, -1, dtype=np.int64)
-    index[targets] = np.arange(len(targets), dtype=np.int64)
+    index[targets] = rows
+    return take_rows(gathered.table, index)
+
+
+def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
+    """`table` rows at `index` (-1: a null row), lists copied with numpy (twice as fast as Arrow's take)."""
     missing = index < 0
-    if not missing.any():
-        return table.take(pa.array(index))
-    return table.take(pa.array(index, mask=missing))
+    any_missing = bool(missing.any())
+    arrow_index = pa.array(index, mask=missing) if any_missing else pa.array(index)
+    columns = []
+    for column in table.columns:
+        if _is_plain_list(column):
+            columns.append(_take_list(column, index, missing if any_missing else None))
+        else:
+            columns.append(column.take(arrow_index))
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def _is_plain_list(column: pa.ChunkedArray) -> bool:
+    data_type = column.type
+    if not (pa.types.is_list(data_type) or pa.types.is_large_list(data_type)) or column.null_count:
+        return False
+    item = data_type.value_type
+    numeric = pa.types.is_integer(item) or pa.types.is_floating(item)
+    return bool(numeric and all(chunk.values.null_count == 0 for chunk in column.chunks))
+
+
+def _take_list(
+    column: pa.ChunkedArray, index: npt.NDArray[np.int64], missing: npt.NDArray[np.bool_] | None
+) -> pa.Array:
+    offset_parts, value_parts, base = [], [], 0
+    for chunk in column.chunks:
+        offsets = np.asarray(chunk.offsets, dtype=np.int64)
+        values = np.asarray(chunk.values)
+        value_parts.append(values[offsets[0] : offsets[-1]])
+        offset_parts.append(offsets[:-1] - offsets[0] + base)
+        base += int(offsets[-1] - offsets[0])
+    all_offsets = np.concatenate([*offset_parts, [base]]) if offset_parts else np.zeros(1, dtype=np.int64)
+    item_dtype = column.type.value_type.to_pandas_dtype()
+    all_values = np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=item_dtype)
+    source = np.where(missing, 0, index) if missing is not None else index
+    starts = all_offsets[source]
+    lengths = all_offsets[source + 1] - starts
+    if missing is not None:
+        lengths[missing] = 0
+    new_offsets = np.zeros(len(index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    positions = np.arange(int(new_offsets[-1]), dtype=np.int64) + np.repeat(starts - new_offsets[:-1], lengths)
+    values = pa.array(all_values[positions], type=column.type.value_type)
+    mask = pa.array(missing) if missing is not None else None
+    if pa.types.is_list(column.type):
+        offsets32 = pa.array(new_offsets.astype(np.int32))
+        return pa.ListArray.from_arrays(offsets32, values, type=pa.list_(column.type.value_field), mask=mask)
+    offsets64 = pa.array(new_offsets)
+    return pa.LargeListArray.from_arrays(offsets64, values, type=pa.large_list(column.type.value_field), mask=mask)

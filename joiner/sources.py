@@ -175,6 +175,11 @@ class RootSource:
 
     def _empty_table(self, names: Sequence[str]) -> pa.Table:
         """Zero rows with the branches' types, from their interpretations: no basket is read."""
+        if not names:
+            return pa.table({})
+        if not all(hasattr(self._tree[name], "interpretation") for name in names):  # RNTuple fields
+            arrays = self._tree.arrays(list(names), library="ak", entry_start=0, entry_stop=0)
+            return awkward_to_arrow(arrays, names)
         columns = []
         for name in names:
             form = self._tree[name].interpretation.awkward_form(self._tree.file)

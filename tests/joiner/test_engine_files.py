@@ -385,3 +385,26 @@ def test_regrouped_friend_over_two_primary_files(data_dir: Path, tmp_path: Path)
         _check_values(ak.from_parquet(tmp_path / f"out{number}.parquet"), "rg")
         total += result.matched["rg"]
     assert total == round(240 * 0.9)
+
+
+def test_rntuple_primary_and_rntuple_friend(data_dir: Path, tmp_path: Path) -> None:
+    primary = data_dir / "nano_dy_rntuple.root"
+    events = uproot.open(data_dir / "nano_dy.root")["Events"].arrays([*KEY, "MET_pt"])
+    friend = tmp_path / "rntuple_friend.root"
+    with uproot.recreate(friend) as handle:  # uproot writes a dict as an RNTuple
+        handle["Events"] = {
+            "run": events.run,
+            "luminosityBlock": events.luminosityBlock,
+            "event": events.event,
+            "sf": events.MET_pt * 2,
+        }
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(primary)], "columns": ["Jet_pt", "MET_pt"]},
+            "friends": [{"name": "r", "files": [str(friend)], "columns": ["sf"]}],
+        }
+    )
+    result = join_file(spec, str(primary), tmp_path / "out.parquet")
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    assert result.matched == {"r": 40}
+    assert ak.all(out.sf == out.MET_pt * 2)
