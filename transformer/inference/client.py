@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -157,6 +158,7 @@ class _LoopThread:
     """An asyncio event loop running forever in a daemon thread; coroutines are submitted to it."""
 
     def __init__(self, name: str) -> None:
+        self.pid = os.getpid()  # a forked child inherits the loop object but not its thread
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -194,6 +196,8 @@ class _LoopThread:
 def _close(loop_thread: _LoopThread, holder: dict[str, Any]) -> None:
     """Close the aio client in its loop, then stop the loop (also run at exit for a forgotten client)."""
     client = holder.pop("client", None)
+    if loop_thread.pid != os.getpid():
+        return
     if client is not None and not loop_thread.loop.is_closed() and loop_thread.loop.is_running():
         try:
             asyncio.run_coroutine_threadsafe(client.close(), loop_thread.loop).result(timeout=10)
