@@ -49,16 +49,10 @@ class _Sorted:
     equal_to_next: npt.NDArray[np.bool_]
 
 
-def _sort_both(left: Keys, right: Keys) -> _Sorted:
-    n_left, n_right = len(left[0]), len(right[0])
-    total = n_left + n_right
-    ranges = union_ranges(column_ranges(left), column_ranges(right))
-    if ranges is None or total == 0:
-        return _Sorted(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
+def _sort_both(left: Keys, right: Keys, ranges: list[ColumnRange]) -> _Sorted:
+    """Both sides in one key order (the general path, for keys too wide for the packed fast path)."""
+    total = len(left[0]) + len(right[0])
     packer = KeyPacker(tuple(ranges))
-    side_row_bits = max(int(max(n_left, n_right) - 1).bit_length(), 1)
-    if packer.total_bits + side_row_bits <= 64:
-        return _sort_two_stage(packer.pack(left), packer.pack(right), packer.total_bits, side_row_bits)
     if packer.fits:
         packed = np.concatenate([packer.pack(left), packer.pack(right)])
         rows = np.argsort(packed, kind="stable").astype(np.int64)
@@ -78,36 +72,84 @@ def _sort_side(packed: npt.NDArray[np.uint64], row_bits: int) -> tuple[npt.NDArr
     composite = packed << np.uint64(row_bits)
     composite |= np.arange(len(packed), dtype=np.uint64)
     composite.sort()
-    rows = (composite & np.uint64((1 << row_bits) - 1)).astype(np.int64)
-    return composite >> np.uint64(row_bits), rows
+    rows = np.bitwise_and(composite, np.uint64((1 << row_bits) - 1)).view(np.int64)  # row < 2**63: same bits
+    composite >>= np.uint64(row_bits)
+    return composite, rows
 
 
-def _sort_two_stage(
-    left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64], key_bits: int, row_bits: int
-) -> _Sorted:
-    """Each side sorted with its rows in the low bits, then both merged by one more sort of key + side bit.
+@dataclass(frozen=True)
+class _Side:
+    """How one side of a match is named in errors."""
 
-    Keys of up to 63 bits with a side bit sort as plain uint64: numpy's fastest path. When the key needs
-    all 64 bits, the merge falls back to a stable argsort of the concatenated sorted keys.
-    """
-    n_left = len(left)
+    name: str
+    keys: Keys
+    origin: OriginOf | None
+
+
+def _dedupe_side(
+    keys: npt.NDArray[np.uint64], rows: IndexArray, policy: DuplicatePolicy, side: _Side
+) -> tuple[npt.NDArray[np.uint64], IndexArray, IndexArray]:
+    """Refuse or drop repeated keys of one sorted side (ties are in row order: the first row is kept)."""
+    repeats = np.flatnonzero(keys[1:] == keys[:-1]) + 1
+    if not len(repeats):
+        return keys, rows, np.zeros(0, dtype=np.int64)
+    if policy is DuplicatePolicy.ERROR:
+        involved = np.union1d(rows[repeats], rows[repeats - 1]).astype(np.int64)
+        _raise_duplicates(side.name, side.keys, involved, len(repeats), side.origin)
+    keep = np.ones(len(keys), dtype=bool)
+    keep[repeats] = False
+    return keys[keep], rows[keep], np.sort(rows[repeats])
+
+
+def _pairs_packed(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64],
+    row_bits: int,
+    policy: DuplicatePolicy,
+    sides: tuple[_Side, _Side],
+) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
+    """The fast path: each side sorted as plain uint64 (SIMD), then a search of sorted keys in sorted keys."""
     left_keys, left_rows = _sort_side(left, row_bits)
     right_keys, right_rows = _sort_side(right, row_bits)
-    if key_bits < 64:
-        merged = np.concatenate([left_keys << np.uint64(1), (right_keys << np.uint64(1)) | np.uint64(1)])
-        merged.sort()
-        is_right = (merged & np.uint64(1)).astype(bool)
-        keys = merged >> np.uint64(1)
-    else:
-        both = np.concatenate([left_keys, right_keys])
-        order = np.argsort(both, kind="stable")
-        is_right = order >= n_left
-        keys = both[order]
-    # the k-th left entry in merged order is the k-th smallest left key, and likewise on the right
-    rows = np.empty(len(keys), dtype=np.int64)
-    rows[~is_right] = left_rows
-    rows[is_right] = right_rows + n_left
-    return _Sorted(rows, keys[1:] == keys[:-1])
+    left_keys, left_rows, dropped_left = _dedupe_side(left_keys, left_rows, policy, sides[0])
+    right_keys, right_rows, dropped_right = _dedupe_side(right_keys, right_rows, policy, sides[1])
+    if not len(left_keys) or not len(right_keys):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, dropped_left, dropped_right
+    position = np.searchsorted(right_keys, left_keys)
+    np.minimum(position, len(right_keys) - 1, out=position)
+    hit = right_keys[position] == left_keys
+    return left_rows[hit], right_rows[position[hit]], dropped_left, dropped_right
+
+
+def _pairs_general(
+    left: Keys, right: Keys, ranges: list[ColumnRange], policy: DuplicatePolicy, sides: tuple[_Side, _Side]
+) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
+    """Both sides in one stable order; a pair is two neighbours with equal keys, one from each side."""
+    n_left = len(left[0])
+    order = _sort_both(left, right, ranges)
+    dup_positions = _duplicate_positions(order, n_left)
+    dropped_left = np.zeros(0, dtype=np.int64)
+    dropped_right = np.zeros(0, dtype=np.int64)
+    if len(dup_positions):
+        dup_rows = order.rows[dup_positions]
+        left_dups = np.sort(dup_rows[dup_rows < n_left])
+        right_dups = np.sort(dup_rows[dup_rows >= n_left] - n_left)
+        if policy is DuplicatePolicy.ERROR:
+            if len(left_dups):
+                rows = _duplicate_rows(order, dup_positions, n_left, left=True)
+                _raise_duplicates(sides[0].name, left, rows, len(left_dups), sides[0].origin)
+            rows = _duplicate_rows(order, dup_positions, n_left, left=False)
+            _raise_duplicates(sides[1].name, right, rows, len(right_dups), sides[1].origin)
+        keep = np.ones(len(order.rows), dtype=bool)
+        keep[dup_positions] = False
+        # two neighbours in the kept order are equal iff they were in one run of equal keys
+        run_id = np.concatenate([[0], np.cumsum(~order.equal_to_next)])[keep]
+        order = _Sorted(order.rows[keep], run_id[1:] == run_id[:-1])
+        dropped_left, dropped_right = left_dups, right_dups
+    pairs = np.flatnonzero(order.equal_to_next)
+    # after de-duplication a run holds at most one row per side, left first
+    return order.rows[pairs], order.rows[pairs + 1] - n_left, dropped_left, dropped_right
 
 
 def _concat_offsets(
@@ -159,34 +201,28 @@ def match_keys(
         Row pairs, `-1` where a side has no row.
     """
     n_left, n_right = len(left[0]), len(right[0])
-    order = _sort_both(left, right)
-    dup_positions = _duplicate_positions(order, n_left)
-    dropped_left = np.zeros(0, dtype=np.int64)
-    dropped_right = np.zeros(0, dtype=np.int64)
-    if len(dup_positions):
-        dup_rows = order.rows[dup_positions]
-        left_dups = np.sort(dup_rows[dup_rows < n_left])
-        right_dups = np.sort(dup_rows[dup_rows >= n_left] - n_left)
-        if duplicates is DuplicatePolicy.ERROR:
-            if len(left_dups):
-                rows = _duplicate_rows(order, dup_positions, n_left, left=True)
-                _raise_duplicates(left_name, left, rows, len(left_dups), left_origin)
-            rows = _duplicate_rows(order, dup_positions, n_left, left=False)
-            _raise_duplicates(right_name, right, rows, len(right_dups), right_origin)
-        keep = np.ones(len(order.rows), dtype=bool)
-        keep[dup_positions] = False
-        rows = order.rows[keep]
-        # two neighbours in the kept order are equal iff they were in one run of equal keys
-        run_id = np.concatenate([[0], np.cumsum(~order.equal_to_next)])[keep]
-        order = _Sorted(rows, run_id[1:] == run_id[:-1])
-        dropped_left, dropped_right = left_dups, right_dups
-
-    pairs = np.flatnonzero(order.equal_to_next)
-    # after de-duplication a run holds at most one row per side, left first
-    matched_left = order.rows[pairs]
-    matched_right = order.rows[pairs + 1] - n_left
+    sides = (_Side(left_name, left, left_origin), _Side(right_name, right, right_origin))
+    ranges = union_ranges(column_ranges(left), column_ranges(right))
+    empty = np.zeros(0, dtype=np.int64)
+    if ranges is None:
+        matched_left, matched_right, dropped_left, dropped_right = empty, empty, empty, empty
+    else:
+        packer = KeyPacker(tuple(ranges))
+        row_bits = max(int(max(n_left, n_right) - 1).bit_length(), 1)
+        if packer.total_bits + row_bits <= 64:
+            matched_left, matched_right, dropped_left, dropped_right = _pairs_packed(
+                packer.pack(left), packer.pack(right), row_bits, duplicates, sides
+            )
+        else:
+            matched_left, matched_right, dropped_left, dropped_right = _pairs_general(
+                left, right, ranges, duplicates, sides
+            )
     partner_of_left = np.full(n_left, -1, dtype=np.int64)
     partner_of_left[matched_left] = matched_right
+    if how is How.LEFT and not len(dropped_left):
+        return Match(np.arange(n_left, dtype=np.int64), partner_of_left)
+    if how is How.INNER and not len(dropped_left):
+        return Match(np.sort(matched_left), partner_of_left[np.sort(matched_left)])
     partner_of_right = np.full(n_right, -1, dtype=np.int64)
     partner_of_right[matched_right] = matched_left
 
