@@ -99,9 +99,7 @@ def triton(url: str | None) -> Iterator[tuple[str, str, int | None]]:
     if isinstance(install, str):
         sys.exit(f"no local Triton: {install} (run bash .ci/triton-venv.sh, or pass --url)")
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_triton(
-            install, Path(tmp) / "tritonserver.log", repositories=(REPO / "examples" / "models",)
-        )
+        server = start_triton(install, Path(tmp) / "tritonserver.log", repositories=(REPO / "examples" / "models",))
         try:
             yield server.grpc_url, server.http_url, server.process.pid
         finally:
@@ -143,9 +141,7 @@ def as_table(events: ak.Array) -> pa.Table:
     return ak.to_arrow_table(ak.zip(columns, depth_limit=1), extensionarray=False, list_to32=True)
 
 
-def sweep(
-    grpc_url: str, http_url: str, features: np.ndarray[Any, Any], pgid: int | None
-) -> list[dict[str, Any]]:
+def sweep(grpc_url: str, http_url: str, features: np.ndarray[Any, Any], pgid: int | None) -> list[dict[str, Any]]:
     """rows/s for every batch size and in-flight count."""
     results = []
     targets = [("grpc", grpc_url, IN_FLIGHT)] + ([("http", http_url, (1, 4))] if http_url else [])
@@ -160,9 +156,7 @@ def sweep(
                 for flight in flights:
                     part = features[:n]
 
-                    def run(
-                        part: np.ndarray[Any, Any] = part, batch: int = batch, flight: int = flight
-                    ) -> Any:
+                    def run(part: np.ndarray[Any, Any] = part, batch: int = batch, flight: int = flight) -> Any:
                         return client.infer(
                             MODEL,
                             None,
@@ -251,17 +245,13 @@ def transform(grpc_url: str, n_jets: int, pgid: int | None) -> dict[str, Any]:
         generate_nanoaod(source, n_jets // 5, seed=3)
         columns = ["nJet", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "MET_pt", "MET_phi"]
         plain = parse_spec({"primary": {"files": [str(source)], "columns": columns}})
-        with_inference = parse_spec(
-            {"primary": {"files": [str(source)], "columns": columns}, "inference": [JET_ENTRY]}
-        )
+        with_inference = parse_spec({"primary": {"files": [str(source)], "columns": columns}, "inference": [JET_ENTRY]})
         producers = build_producers(with_inference, grpc_url)
         try:
             join_file(plain, str(source), Path(tmp) / "warm.parquet")  # file cache warm for both
             base = timed(lambda: join_file(plain, str(source), Path(tmp) / "plain.parquet"), pgid, repeats=3)
             infer = timed(
-                lambda: join_file(
-                    with_inference, str(source), Path(tmp) / "inf.parquet", producers=producers
-                ),
+                lambda: join_file(with_inference, str(source), Path(tmp) / "inf.parquet", producers=producers),
                 pgid,
                 repeats=3,
             )
@@ -295,9 +285,7 @@ def transform(grpc_url: str, n_jets: int, pgid: int | None) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--url", default=os.environ.get("TRITON_URL"), help="Triton (default: start a local one)"
-    )
+    parser.add_argument("--url", default=os.environ.get("TRITON_URL"), help="Triton (default: start a local one)")
     parser.add_argument("--jets", type=int, default=1_000_000, help="jets in the transform and the sweep")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -313,9 +301,7 @@ def main() -> None:
         print(f"Triton: gRPC {grpc_url or '-'}  HTTP {http_url or '-'}", flush=True)
         print("1. throughput against batch size and requests in flight", flush=True)
         figures["sweep"] = sweep(grpc_url, http_url, features, pgid)
-        grpc = {
-            (r["batch"], r["in_flight"]): r["rows_per_s"] for r in figures["sweep"] if r["protocol"] == "grpc"
-        }
+        grpc = {(r["batch"], r["in_flight"]): r["rows_per_s"] for r in figures["sweep"] if r["protocol"] == "grpc"}
         if grpc:
             best = max(grpc[(8192, f)] for f in IN_FLIGHT)
             figures["batched_over_batch1"] = best / grpc[(1, 1)]
