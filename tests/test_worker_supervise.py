@@ -1,10 +1,13 @@
-"""The child-process supervisor: results, crashes, deadlines, and the pump kept running."""
+"""The transform-process supervisor: one long-lived child that keeps state across requests, and the
+guarantees of a process per file kept: crashes, deadlines, an idle child that died, recycling, the pump."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -12,43 +15,90 @@ from transformer.errors import FileDeadlineError, TransformCrashError
 from transformer.supervise import Supervisor
 
 
-def _square(value: int) -> int:
-    return value * value
+class _Handler:
+    """Counts the requests this process served; commands make it crash or hang."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def __call__(self, request: tuple[str, Any]) -> tuple[int, int, Any]:
+        command, value = request
+        self.served += 1
+        if command == "square":
+            return os.getpid(), self.served, value * value
+        if command == "sleep":
+            time.sleep(value)
+            return os.getpid(), self.served, None
+        if command == "exit":
+            os._exit(value)
+        if command == "raise":
+            raise RuntimeError("handler bug")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid(), self.served, None
 
 
-def _crash(how: str) -> int:
-    if how == "exit":
-        os._exit(3)
-    os.kill(os.getpid(), signal.SIGKILL)
-    return 0
+def _no_pump(seconds: float) -> None:
+    return None
 
 
-def _hang(seconds: float) -> int:
-    time.sleep(seconds)
-    return 1
+@pytest.fixture
+def supervisor() -> Iterator[Supervisor[tuple[str, Any], tuple[int, int, Any]]]:
+    sup: Supervisor[tuple[str, Any], tuple[int, int, Any]] = Supervisor(_Handler, ["tests.test_worker_supervise"])
+    yield sup
+    sup.close()
 
 
-@pytest.fixture(scope="module")
-def supervisor() -> Supervisor:
-    return Supervisor(["tests.test_worker_supervise"])
-
-
-def test_result_and_pump(supervisor: Supervisor) -> None:
+def test_one_child_serves_requests_and_keeps_state(supervisor: Supervisor[Any, Any]) -> None:
     pumps: list[float] = []
-    assert supervisor.run(_square, 12, deadline_s=30, pump=pumps.append) == 144
-    supervisor.run(_hang, 0.6, deadline_s=30, pump=pumps.append, poll_s=0.1)
+    results = [supervisor.run(("square", n), deadline_s=30, pump=pumps.append) for n in (2, 3, 4)]
+    assert [r[2] for r in results] == [4, 9, 16]
+    assert [r[1] for r in results] == [1, 2, 3]  # the same handler object served all three
+    assert len({r[0] for r in results}) == 1 and results[0][0] != os.getpid()
+    supervisor.run(("sleep", 0.6), deadline_s=30, pump=pumps.append, poll_s=0.1)
     assert len(pumps) >= 3 and set(pumps) == {0}
+    assert supervisor.children_started == 1
 
 
-def test_crashes_become_errors(supervisor: Supervisor) -> None:
+def test_crashes_become_errors_and_a_fresh_child_follows(supervisor: Supervisor[Any, Any]) -> None:
+    first = supervisor.run(("square", 1), deadline_s=30, pump=_no_pump)
     with pytest.raises(TransformCrashError, match="SIGKILL"):
-        supervisor.run(_crash, "kill", deadline_s=30, pump=lambda s: None)
+        supervisor.run(("kill", None), deadline_s=30, pump=_no_pump)
     with pytest.raises(TransformCrashError, match="code 3"):
-        supervisor.run(_crash, "exit", deadline_s=30, pump=lambda s: None)
+        supervisor.run(("exit", 3), deadline_s=30, pump=_no_pump)
+    with pytest.raises(TransformCrashError, match="code 1"):
+        supervisor.run(("raise", None), deadline_s=30, pump=_no_pump)
+    after = supervisor.run(("square", 5), deadline_s=30, pump=_no_pump)
+    assert after[2] == 25 and after[1] == 1 and after[0] != first[0]
+    assert supervisor.children_started == 4  # the first, then one after each of the three crashes
 
 
-def test_deadline_kills_the_child(supervisor: Supervisor) -> None:
+def test_deadline_kills_the_child_and_the_next_request_gets_a_fresh_one(supervisor: Supervisor[Any, Any]) -> None:
+    before = supervisor.run(("square", 1), deadline_s=30, pump=_no_pump)
     started = time.monotonic()
     with pytest.raises(FileDeadlineError, match=r"deadline of 0\.5 s"):
-        supervisor.run(_hang, 60, deadline_s=0.5, pump=lambda s: None, poll_s=0.05)
+        supervisor.run(("sleep", 60), deadline_s=0.5, pump=_no_pump, poll_s=0.05)
     assert time.monotonic() - started < 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(before[0], 0)
+    after = supervisor.run(("square", 2), deadline_s=30, pump=_no_pump)
+    assert after[0] != before[0] and after[1] == 1
+
+
+def test_an_idle_child_that_died_is_replaced(supervisor: Supervisor[Any, Any]) -> None:
+    pid = supervisor.run(("square", 1), deadline_s=30, pump=_no_pump)[0]
+    os.kill(pid, signal.SIGKILL)  # the OOM killer picks the idle child
+    time.sleep(0.2)
+    again = supervisor.run(("square", 3), deadline_s=30, pump=_no_pump)
+    assert again[2] == 9 and again[0] != pid
+
+
+def test_recycled_after_n_requests() -> None:
+    supervisor: Supervisor[Any, Any] = Supervisor(_Handler, ["tests.test_worker_supervise"], recycle_after=2)
+    try:
+        pids = [supervisor.run(("square", n), deadline_s=30, pump=_no_pump)[0] for n in range(5)]
+    finally:
+        supervisor.close()
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    assert supervisor.children_started == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        Supervisor(_Handler, recycle_after=0)

@@ -1,9 +1,10 @@
 """Prometheus metrics of the worker and the probe endpoint Kubernetes reads.
 
 Owns the metric names (files done/failed, events, bytes, join matched/unmatched per friend, seconds per
-stage) in a registry of their own (so several workers in one test process do not collide), and a small
-HTTP server: `/metrics`, `/healthz` (live: the consumer loop has ticked recently) and `/readyz` (ready:
-connected and consuming). It reads the consumer's state through a callable; it imports no messaging code.
+stage, result-cache hits/misses, transform processes started) in a registry of their own (so several
+workers in one test process do not collide), and a small HTTP server: `/metrics`, `/healthz` (live: the
+consumer loop has ticked recently) and `/readyz` (ready: connected and consuming). It reads the consumer's
+state through a callable; it imports no messaging code.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class WorkerMetrics:
         )
         self.invalid_messages = Counter(
             "servicex_joiner_invalid_messages", "Queue messages rejected as invalid tasks", registry=r
+        )
+        self.result_cache = Counter(
+            "servicex_joiner_result_cache", "Result cache lookups by outcome (hit, miss)", ["outcome"], registry=r
+        )
+        self.processes_started = Counter(
+            "servicex_joiner_transform_processes_started", "Transform processes started (first, after a crash, "
+            "a missed deadline or a recycle)", registry=r,
         )
         self.report_failures = Counter(
             "servicex_joiner_report_failures", "file-complete reports the App did not accept", registry=r

@@ -91,6 +91,14 @@ class WorkerSettings(BaseSettings):
     heartbeat_s: int = Field(default=60, ge=0, validation_alias="JOINER_HEARTBEAT_S")
     chunk_entries: int | None = Field(default=None, gt=0, validation_alias="JOINER_CHUNK_ENTRIES")
     scratch_dir: str | None = Field(default=None, validation_alias="JOINER_SCRATCH_DIR")
+    child_max_files: int = Field(
+        default=200, ge=1, validation_alias="JOINER_CHILD_MAX_FILES",
+        description="files one transform process serves before it is replaced by a fresh one",
+    )
+    result_cache: bool = Field(
+        default=True, validation_alias="JOINER_RESULT_CACHE",
+        description="reuse results of identical (spec, input, friend index, model, format) keys across requests",
+    )
     metrics_host: str = Field(default="0.0.0.0", validation_alias="JOINER_METRICS_HOST")
     metrics_port: int = Field(default=8000, ge=0, le=65535, validation_alias="JOINER_METRICS_PORT")
 

@@ -1,15 +1,20 @@
-"""Runs one file's transform in a child process, supervised, so that nothing it does can stop the consumer.
+"""Runs files' transforms in a long-lived child process, supervised, so that nothing one file does can stop
+the consumer.
 
-Owns the child-process boundary: a fresh process per file from a `forkserver` (the heavy imports are
-preloaded there once, so a child starts in milliseconds), a pipe for the result, a deadline enforced by
-killing the child, and a crash (out-of-memory kill, segfault, `os._exit`) turned into
-`TransformCrashError`. The parent keeps serving its broker connection through `pump` while it waits. A
-child dies with its parent (`PR_SET_PDEATHSIG`), so a killed worker leaves no orphan writing objects.
-Generic: it runs any picklable top-level function; it knows nothing of queues, joins or storage.
+Owns the child-process boundary: one child per worker, started from a `forkserver` (the heavy imports are
+preloaded there once), that builds its handler once (`factory()`) and then serves requests one after
+another over a pipe, keeping whatever the handler holds in memory (loaded key indexes, clients) between
+them. The guarantees of a process per file stay: a request past its deadline kills the child (the next
+request starts a fresh one); a crash (out-of-memory kill, segfault, `os._exit`, an exception escaping the
+handler) becomes `TransformCrashError` and the next request starts a fresh child; the child is recycled
+(asked to exit, then replaced) after `recycle_after` requests. The parent keeps serving its broker
+connection through `pump` while it waits. A child dies with its parent (`PR_SET_PDEATHSIG`), so a killed
+worker leaves no orphan writing objects. Generic: it knows nothing of queues, joins or storage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -17,15 +22,17 @@ import multiprocessing.connection
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from transformer.errors import FileDeadlineError, TransformCrashError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 _PR_SET_PDEATHSIG = 1
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"
+_STOP = None  # sent to the child: leave the request loop and exit
 
 
 def _die_with_parent() -> None:
@@ -36,15 +43,29 @@ def _die_with_parent() -> None:
         return
 
 
-def _child_main(target: Callable[[Any], Any], argument: Any, writer: Any, log_level: int) -> None:
+def _child_main(factory: Callable[[], Callable[[Any], Any]], connection: Any, log_level: int) -> None:
     _die_with_parent()
     # The worker decides when a file stops: a SIGTERM/SIGINT meant for it must not cut a file short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=_LOG_FORMAT)
-    result = target(argument)
-    writer.send(result)
-    writer.close()
+    handler = factory()
+    try:
+        while True:
+            try:
+                request = connection.recv()
+            except EOFError:  # the parent went away or closed its end
+                break
+            if request is _STOP:
+                break
+            # An exception escaping the handler ends the process: its state may be broken, and the
+            # parent reports it as a crash and starts a fresh child for the next request.
+            connection.send(handler(request))
+    finally:
+        close = getattr(handler, "close", None)
+        if callable(close):
+            close()
+        connection.close()
 
 
 def _describe_exit(code: int | None) -> str:
@@ -60,86 +81,165 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code} without a result"
 
 
-class Supervisor:
-    """Starts and watches child processes.
+class _Child:
+    """One running child: its process, its end of the pipe, and how many requests it has served."""
+
+    def __init__(self, process: Any, connection: Any) -> None:
+        self.process = process
+        self.connection = connection
+        self.served = 0
+
+    def alive(self) -> bool:
+        return bool(self.process.is_alive())
+
+    def kill(self) -> int | None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        return self._close()
+
+    def stop(self, timeout_s: float) -> int | None:
+        """Ask the child to exit after its current request; kill it if it does not within `timeout_s`."""
+        with contextlib.suppress(OSError, ValueError):  # already gone
+            self.connection.send(_STOP)
+        self.process.join(timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        return self._close()
+
+    def _close(self) -> int | None:
+        code: int | None = self.process.exitcode
+        self.connection.close()
+        self.process.close()
+        return code
+
+
+class Supervisor(Generic[A, R]):
+    """Starts, feeds and watches the long-lived child process of one worker.
 
     Args:
-        preload: modules the fork server imports once (so that children start warm).
+        factory: a picklable top-level callable, run once in each new child, that returns the handler
+            (`handler(argument) -> result`; it may keep state between requests and may have `close()`).
+        preload: modules the fork server imports once (so that a new child starts warm).
         start_method: `forkserver` (default) or `spawn`.
+        recycle_after: requests one child serves before it is replaced (None: never).
     """
 
-    def __init__(self, preload: Sequence[str] = (), *, start_method: str = "forkserver") -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Callable[[A], R]],
+        preload: Sequence[str] = (),
+        *,
+        start_method: str = "forkserver",
+        recycle_after: int | None = None,
+    ) -> None:
+        if recycle_after is not None and recycle_after < 1:
+            raise ValueError(f"recycle_after must be at least 1, not {recycle_after}")
+        self.factory = factory
+        self.recycle_after = recycle_after
         self._context: Any = multiprocessing.get_context(start_method)
         if start_method == "forkserver" and preload:
             self._context.set_forkserver_preload(list(preload))
+        self._child: _Child | None = None
+        self.children_started = 0
+
+    @property
+    def child_pid(self) -> int | None:
+        """The pid of the running child, if any (for logs and tests)."""
+        return self._child.process.pid if self._child is not None else None
+
+    def _start(self, label: str) -> _Child:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_child_main,
+            args=(self.factory, child_end, logging.getLogger().getEffectiveLevel()),
+            daemon=False,
+        )
+        process.start()
+        child_end.close()
+        self.children_started += 1
+        log.info("%s transform process pid %s started (serves up to %s files)", label, process.pid,
+                 self.recycle_after if self.recycle_after is not None else "any number of")
+        return _Child(process, parent_end)
+
+    def _ready_child(self, label: str) -> _Child:
+        child = self._child
+        if child is not None and not child.alive():
+            pid = child.process.pid
+            code = child.kill()
+            log.warning("%s idle transform process pid %s %s; starting a fresh one", label, pid,
+                        _describe_exit(code))
+            child = None
+        if child is None:
+            child = self._start(label)
+            self._child = child
+        return child
 
     def run(
         self,
-        target: Callable[[Any], T],
-        argument: Any,
+        argument: A,
         *,
         deadline_s: float,
         pump: Callable[[float], None],
         label: str = "",
         poll_s: float = 0.2,
-    ) -> T:
-        """Run `target(argument)` in a child process and return its result.
+    ) -> R:
+        """Have the child run `handler(argument)` and return its result.
 
         Args:
-            target: a picklable top-level function.
-            argument: its picklable argument.
-            deadline_s: seconds after which the child is killed.
+            argument: the handler's picklable argument.
+            deadline_s: seconds after which the child is killed (and replaced for the next request).
             pump: called while waiting (`pump(0)`) so the caller's connection stays serviced.
             label: words for the log lines (request and file ids).
             poll_s: how often the wait wakes up.
 
         Raises:
-            FileDeadlineError: the child ran past `deadline_s` and was killed.
+            FileDeadlineError: the request ran past `deadline_s`; the child was killed.
             TransformCrashError: the child died without a result.
         """
-        reader, writer = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_child_main,
-            args=(target, argument, writer, logging.getLogger().getEffectiveLevel()),
-            daemon=False,
-        )
+        child = self._ready_child(label)
         started = time.monotonic()
-        process.start()
-        writer.close()
-        log.debug("%s child pid %s started", label, process.pid)
-        result: Any = None
-        received = False
         try:
-            while True:
-                ready = multiprocessing.connection.wait([reader, process.sentinel], timeout=poll_s)
-                if reader in ready or (ready and reader.poll()):
-                    try:
-                        result = reader.recv()
-                        received = True
-                    except EOFError:
-                        pass
+            child.connection.send(argument)
+        except (OSError, ValueError) as error:  # BrokenPipeError: it died between the check and the send
+            code = child.kill()
+            self._child = None
+            raise TransformCrashError(f"the transform process {_describe_exit(code)} ({error})") from error
+        connection, sentinel = child.connection, child.process.sentinel
+        while True:
+            ready = multiprocessing.connection.wait([connection, sentinel], timeout=poll_s)
+            if connection in ready or (ready and connection.poll()):
+                try:
+                    result: R = connection.recv()
+                except (EOFError, OSError):
                     break
-                if ready:  # the process ended and left nothing in the pipe
-                    break
-                if time.monotonic() - started > deadline_s:
-                    process.kill()
-                    process.join()
-                    raise FileDeadlineError(
-                        f"the transform ran past the per-file deadline of {deadline_s:g} s and was stopped"
-                    )
-                pump(0)
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        finally:
-            reader.close()
-            if process.is_alive():
-                process.kill()
-                process.join()
-            exitcode = process.exitcode
-            process.close()
-        if not received:
-            raise TransformCrashError(f"the transform process {_describe_exit(exitcode)}")
-        typed: T = result
-        return typed
+                self._served(child, label)
+                return result
+            if ready:  # the process ended and left nothing in the pipe
+                break
+            if time.monotonic() - started > deadline_s:
+                child.kill()
+                self._child = None
+                raise FileDeadlineError(
+                    f"the transform ran past the per-file deadline of {deadline_s:g} s and was stopped"
+                )
+            pump(0)
+        child.process.join(timeout=30)
+        code = child.kill()
+        self._child = None
+        raise TransformCrashError(f"the transform process {_describe_exit(code)}")
+
+    def _served(self, child: _Child, label: str) -> None:
+        child.served += 1
+        if self.recycle_after is not None and child.served >= self.recycle_after:
+            pid = child.process.pid
+            child.stop(timeout_s=30)
+            self._child = None
+            log.info("%s transform process pid %s recycled after %d files", label, pid, child.served)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the child (it finishes nothing: call between requests)."""
+        if self._child is not None:
+            self._child.stop(timeout_s)
+            self._child = None

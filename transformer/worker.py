@@ -1,8 +1,10 @@
 """`servicex-joiner worker`: the ServiceX transformer that consumes a request's queue (sidecar role).
 
 Wires the parts for the sidecar-replacement mode of DESIGN.md §3: the pika consumer of
-`transformer-<request_id>`, the Celery codec, a supervised child process per file (`transformer.task`
-through `transformer.supervise`), the App's file-complete callback, metrics and probes. Owns the policy
+`transformer-<request_id>`, the Celery codec, one supervised long-lived transform process that serves the
+files one after another (`transformer.task.JobRunner` through `transformer.supervise`; replaced after a
+crash, a missed deadline or `JOINER_CHILD_MAX_FILES` files), the App's file-complete callback, metrics and
+probes. Owns the policy
 across one delivery: an invalid message is rejected (never requeued) and logged with its delivery tag; a
 file's outcome is reported, then acked; a report the App does not accept is retried, then nacked with
 requeue after a delay (the finished result is remembered, so the redelivery only reports), and past an
@@ -17,7 +19,6 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -38,13 +39,14 @@ from transformer.models import (
 from transformer.servicex import AppClient
 from transformer.settings import Settings, get_settings
 from transformer.supervise import Supervisor
-from transformer.task import SUPPORTED_FORMATS, FileJob, FileOutcome, load_spec_text, run_job
+from transformer.task import SUPPORTED_FORMATS, CacheUse, FileJob, FileOutcome, JobRunner, load_spec_text
 
 log = logging.getLogger(__name__)
 
-# Imported once by the fork server, so that each file's child process starts warm.
+# Imported once by the fork server, so that a new transform process starts warm.
 CHILD_PRELOAD = (
-    "transformer.task", "joiner.engine", "joiner.spec", "uproot", "awkward", "pyarrow.parquet", "minio",
+    "transformer.task", "transformer.index_memory", "transformer.result_cache", "joiner.engine", "joiner.index",
+    "joiner.spec", "uproot", "awkward", "pyarrow.parquet", "minio",
 )
 _REMEMBERED_FILES = 100_000
 
@@ -62,30 +64,26 @@ class WorkerConfig:
 
 
 class FileHandler:
-    """Handles one delivery at a time: decode, transform in a child, report, decide.
+    """Handles one delivery at a time: decode, transform in the transform process, report, decide.
 
     Args:
         config: the worker's configuration.
         settings: the settings.
-        supervisor: runs each file in a child process.
+        supervisor: runs the files in its long-lived child process (`JobRunner` there).
         metrics: the metrics to update.
-        target: the child's function (`transformer.task.run_job`; tests may pass another top-level one).
     """
 
     def __init__(
         self,
         config: WorkerConfig,
         settings: Settings,
-        supervisor: Supervisor,
+        supervisor: Supervisor[FileJob, FileOutcome],
         metrics: WorkerMetrics,
-        *,
-        target: Callable[[FileJob], FileOutcome] = run_job,
     ) -> None:
         self.config = config
         self.settings = settings
         self.supervisor = supervisor
         self.metrics = metrics
-        self.target = target
         self.spec_text, self.spec_error = load_spec_text(config.spec_path)
         if self.spec_error:
             log.error("request_id=%s the join spec is unusable; every file will fail: %s",
@@ -99,11 +97,13 @@ class FileHandler:
             attempts=3, backoff_s=min(1.0, worker.backoff_s), backoff_max_s=worker.backoff_max_s,
             sleep=self._sleep,
         )
+        self._children_counted = 0
         self._reported: OrderedDict[tuple[str, int], FileStatus] = OrderedDict()
         self._pending: dict[tuple[str, int], tuple[FileCompleteReport, float]] = {}
 
     def close(self) -> None:
-        """Release the HTTP client."""
+        """Stop the transform process and release the HTTP client."""
+        self.supervisor.close()
         self.app.close()
 
     def _sleep(self, seconds: float) -> None:
@@ -161,31 +161,38 @@ class FileHandler:
         worker = self.settings.worker
         label = f"request_id={task.request_id} file_id={task.file_id}"
         last: TransformCrashError | None = None
-        for attempt in range(1, worker.crash_attempts + 1):
-            try:
-                return self.supervisor.run(
-                    self.target, job, deadline_s=worker.file_deadline_s, pump=pump, label=label
-                )
-            except FileDeadlineError as error:
-                return FileOutcome.failure(task.paths[0], str(error), "deadline", started)
-            except TransformCrashError as error:
-                last = error
-                log.error("%s %s (try %d/%d)", label, error, attempt, worker.crash_attempts)
-                if attempt < worker.crash_attempts:
-                    pump(min(worker.backoff_s, 5.0))
+        try:
+            for attempt in range(1, worker.crash_attempts + 1):
+                try:
+                    return self.supervisor.run(job, deadline_s=worker.file_deadline_s, pump=pump, label=label)
+                except FileDeadlineError as error:
+                    log.error("%s %s; a fresh transform process serves the next file", label, error)
+                    return FileOutcome.failure(task.paths[0], str(error), "deadline", started)
+                except TransformCrashError as error:
+                    last = error
+                    log.error("%s %s (try %d/%d)", label, error, attempt, worker.crash_attempts)
+                    if attempt < worker.crash_attempts:
+                        pump(min(worker.backoff_s, 5.0))
+        finally:
+            started_now = self.supervisor.children_started - self._children_counted
+            self._children_counted += started_now
+            self.metrics.processes_started.inc(started_now)
         reason = f"{last} ({worker.crash_attempts} tries)"
         return FileOutcome.failure(task.paths[0], reason, "crash", started)
 
     def _record(self, task: TransformTask, outcome: FileOutcome) -> FileCompleteReport:
         ids = (task.request_id, task.file_id)
+        if outcome.cache is not CacheUse.OFF:
+            self.metrics.result_cache.labels(outcome.cache.value).inc()
         if outcome.status is FileStatus.SUCCESS:
             self.metrics.record_success(
                 events=outcome.total_events, events_in=outcome.events_in, output_bytes=outcome.total_bytes,
                 matched=outcome.matched, unmatched=outcome.unmatched, stage_seconds=outcome.stage_seconds,
                 total_seconds=outcome.seconds,
             )
-            log.info("request_id=%s file_id=%s done: %d events, object %s (%d bytes) in %.2f s",
-                     *ids, outcome.total_events, outcome.object_name, outcome.total_bytes, outcome.seconds)
+            log.info("request_id=%s file_id=%s done: %d events, object %s (%d bytes) in %.2f s (result cache: %s)",
+                     *ids, outcome.total_events, outcome.object_name, outcome.total_bytes, outcome.seconds,
+                     outcome.cache.value)
         else:
             self.metrics.record_failure(outcome.reason_kind or "other")
             log.error("request_id=%s file_id=%s FAILED (%s) for %s: %s",
@@ -236,7 +243,9 @@ class FileHandler:
             self._reported.popitem(last=False)
 
 
-def run_worker(config: WorkerConfig, settings: Settings, *, supervisor: Supervisor | None = None) -> int:
+def run_worker(
+    config: WorkerConfig, settings: Settings, *, supervisor: Supervisor[FileJob, FileOutcome] | None = None
+) -> int:
     """Consume the request's queue until SIGTERM (exit 0) or the broker is lost for good (exit 1)."""
     if config.result_destination is ResultDestination.VOLUME and not config.output_dir:
         log.error("request_id=%s --result-destination volume needs --output-dir", config.request_id)
@@ -251,7 +260,9 @@ def run_worker(config: WorkerConfig, settings: Settings, *, supervisor: Supervis
         heartbeat_s=worker.heartbeat_s, reconnect_attempts=worker.reconnect_attempts,
     )
     metrics = WorkerMetrics()
-    handler = FileHandler(config, settings, supervisor or Supervisor(CHILD_PRELOAD), metrics)
+    if supervisor is None:
+        supervisor = Supervisor(JobRunner, CHILD_PRELOAD, recycle_after=worker.child_max_files)
+    handler = FileHandler(config, settings, supervisor, metrics)
     state = consumer.state
     health = consumer_health(
         connected=lambda: state.connected, consuming=lambda: state.consuming,

@@ -1,6 +1,7 @@
 """The S3-compatible object store (MinIO in ServiceX) through the `minio` client.
 
-Owns: uploading result objects into a request's bucket, reading back their size, and the
+Owns: uploading result objects into a request's bucket, reading back their size, server-side copies (the
+result cache), listing and deleting objects with their age and size (cache cleaning), and the
 content-addressed key-index fragment cache (`S3FragmentStore`, the engine's `FragmentStore` protocol).
 Every failure is translated into `StorageError` (retryable); a missing object is `None`, not an error. It
 does not retry by itself (callers own the policy), apart from the HTTP pool's short connection retries.
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.error import MinioException, S3Error
 
 from transformer.errors import StorageError
@@ -25,6 +30,26 @@ log = logging.getLogger(__name__)
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
 _BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
+_USER_META_PREFIX = "x-amz-meta-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a stat or a listing tells of one object."""
+
+    name: str
+    size: int
+    last_modified: datetime | None
+    metadata: dict[str, str] = field(default_factory=dict)  # user metadata, lower-case names without prefix
+
+
+def _user_metadata(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in (headers or {}).items():
+        lowered = str(key).lower()
+        if lowered.startswith(_USER_META_PREFIX):
+            found[lowered.removeprefix(_USER_META_PREFIX)] = str(value)
+    return found
 
 
 def _http_client(connect_timeout: float, read_timeout: float) -> urllib3.PoolManager:
@@ -131,6 +156,79 @@ class S3Store:
             self.client.put_object(bucket, name, io.BytesIO(data), len(data))
         except _NETWORK_ERRORS as error:
             raise StorageError(f"write failed: {error}", bucket=bucket, name=name) from error
+
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
+        """Size, age and user metadata of an object, or None if it (or its bucket) does not exist."""
+        try:
+            stat = self.client.stat_object(bucket, name)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                return None
+            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
+        return ObjectInfo(name, int(stat.size or 0), stat.last_modified, _user_metadata(stat.metadata))
+
+    def copy(
+        self,
+        source_bucket: str,
+        source_name: str,
+        bucket: str,
+        name: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int | None:
+        """Server-side copy of one object (the bytes never leave the store); returns the copy's size.
+
+        The copy appears whole or not at all, replacing any object of that name. With `metadata`, the
+        copy carries exactly that user metadata (else the source's).
+
+        Returns:
+            The stored size of the copy, or None when the source does not exist (the target is untouched).
+        """
+        self.ensure_bucket(bucket)
+        try:
+            if metadata is None:
+                self.client.copy_object(bucket, name, CopySource(source_bucket, source_name))
+            else:
+                self.client.copy_object(
+                    bucket, name, CopySource(source_bucket, source_name),
+                    metadata=dict(metadata), metadata_directive=REPLACE,
+                )
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                return None
+            raise StorageError(
+                f"copy from s3://{source_bucket}/{source_name} failed: {error}", bucket=bucket, name=name
+            ) from error
+        except _NETWORK_ERRORS as error:
+            raise StorageError(
+                f"copy from s3://{source_bucket}/{source_name} failed: {error}", bucket=bucket, name=name
+            ) from error
+        return self.size(bucket, name)
+
+    def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under `prefix` with size and age (nothing if the bucket does not exist)."""
+        try:
+            if not self.client.bucket_exists(bucket):
+                return
+            for item in self.client.list_objects(bucket, prefix=prefix, recursive=True):
+                if item.is_dir:
+                    continue
+                yield ObjectInfo(str(item.object_name), int(item.size or 0), item.last_modified)
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"listing failed: {error}", bucket=bucket) from error
+
+    def remove(self, bucket: str, name: str) -> None:
+        """Delete an object; an object (or bucket) that is already gone is no error."""
+        try:
+            self.client.remove_object(bucket, name)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                return
+            raise StorageError(f"delete failed: {error}", bucket=bucket, name=name) from error
+        except _NETWORK_ERRORS as error:
+            raise StorageError(f"delete failed: {error}", bucket=bucket, name=name) from error
 
     def list_names(self, bucket: str, prefix: str = "") -> list[str]:
         """Object names in a bucket under `prefix` (empty if the bucket does not exist)."""
