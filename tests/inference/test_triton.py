@@ -56,7 +56,8 @@ def sample(name: str, **changes: Any) -> InferenceSpec:
 
 
 def nano_table(path: Path) -> pa.Table:
-    events = uproot.open(path)["Events"].arrays(["nJet", "Jet_pt", "Jet_eta", "Jet_phi", "MET_pt", "MET_phi"])
+    names = ["run", "luminosityBlock", "event", "nJet", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "MET_pt", "MET_phi"]
+    events = uproot.open(path)["Events"].arrays(names)
     return ak.to_arrow_table(events, extensionarray=False, list_to32=True)
 
 
@@ -107,6 +108,26 @@ def test_example_spec_is_served(triton_server: TritonServer, nano_tt: Path) -> N
         out.column("Jet_score").combine_chunks().flatten().to_numpy(), expected, rtol=1e-5, atol=1e-6
     )
     assert producer.describe()["models"][0]["version"] == "1"
+
+
+@pytest.mark.filterwarnings("ignore")  # coffea warns about its own optional parts on import and read
+def test_scores_read_in_coffea_as_part_of_the_collection(
+    triton_server: TritonServer, nano_tt: Path, tmp_path: Path
+) -> None:
+    """`Jet_score` with the jets' counts is `events.Jet.score` for coffea's NanoAODSchema."""
+    import pyarrow.parquet as pq
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    table = nano_table(nano_tt)
+    with TritonColumnProducer(sample("jet"), triton_server.grpc_url, registry=CollectorRegistry()) as producer:
+        pq.write_table(producer(table), tmp_path / "scores.parquet")
+    events = NanoEventsFactory.from_parquet(
+        str(tmp_path / "scores.parquet"), schemaclass=NanoAODSchema, mode="eager"
+    ).events()
+    counts = ak.num(events.Jet.pt)
+    assert ak.all(ak.num(events.Jet.score) == counts)
+    expected = ak.unflatten(jet_mlp_reference(jet_features(table)), counts)
+    assert ak.all(abs(events.Jet.score - expected) < 1e-6)
 
 
 def test_event_level_width_two_and_versions(triton_server: TritonServer) -> None:
