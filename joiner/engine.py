@@ -337,6 +337,9 @@ class _FileJoin:
             chunks, schema, runs = self._primary_chunks()
         else:
             chunks, schema, runs = self._friend_file_chunks()
+        for producer in self.producers:
+            # the produced columns join the schema; a producer answers an empty table without a request
+            schema = producer(schema.empty_table()).schema
         sink = open_sink(output_path, schema, root=output_format is OutputFormat.ROOT, runs=runs)
         digest = KeyDigest()
         try:

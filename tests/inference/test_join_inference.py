@@ -28,12 +28,6 @@ from .helpers import REPO, jagged, jet_mlp_reference
 
 pytestmark = pytest.mark.integration
 
-# joiner.engine opens its output with the joined schema before the producers run, so the produced
-# columns do not fit the sink (ValueError from the writer). The engine needs, before `open_sink`:
-#     for producer in self.producers: schema = producer(schema.empty_table()).schema
-# (a producer answers an empty table without a request). Strict: these turn into failures once fixed.
-ENGINE_SCHEMA = "join_file opens the sink without the produced columns (see above)"
-
 KEYS = ["run", "luminosityBlock", "event"]
 
 
@@ -88,7 +82,6 @@ def check_output(path: Path, keep: np.ndarray, server_url: str) -> None:
     assert (model["model"], model["version"], model["served_versions"]) == ("jet_mlp", "1", ["1"])
 
 
-@pytest.mark.xfail(reason=ENGINE_SCHEMA, raises=ValueError, strict=True)
 def test_join_file_with_inference(triton_server: TritonServer, nano_tt: Path, tmp_path: Path) -> None:
     friend = tmp_path / "calib.parquet"
     keep = write_friend(nano_tt, friend)
@@ -103,7 +96,6 @@ def test_join_file_with_inference(triton_server: TritonServer, nano_tt: Path, tm
     check_output(tmp_path / "out.parquet", keep, f"grpc://{triton_server.grpc_url}")
 
 
-@pytest.mark.xfail(reason=ENGINE_SCHEMA, raises=AssertionError, strict=True)
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_join_command_reads_triton_url(
     triton_server: TritonServer, nano_tt: Path, tmp_path: Path, protocol: str
