@@ -127,3 +127,23 @@ def test_join_command_reads_triton_url(
     assert done.returncode == 0, done.stdout + done.stderr
     (output,) = (tmp_path / "out").glob("*.parquet")
     check_output(output, keep, f"grpc://{url}" if protocol == "grpc" else url)
+
+
+def test_join_command_refuses_a_spec_that_does_not_fit_the_model(
+    triton_server: TritonServer, nano_tt: Path, tmp_path: Path
+) -> None:
+    friend = tmp_path / "calib.parquet"
+    write_friend(nano_tt, friend)
+    data = spec_data(nano_tt, friend)
+    data["inference"][0]["inputs"] = {"WRONG__0": ["Jet_pt", "Jet_sf", "Jet_phi"]}  # type: ignore[index]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "transformer.cli", "join", "--spec", str(spec_path), "--output", str(tmp_path / "out"),
+         "--no-progress", "--index-cache", str(tmp_path / "c")],
+        cwd=REPO, env=dict(os.environ, TRITON_URL=triton_server.grpc_url),
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "WRONG__0" in done.stderr
+    assert not list((tmp_path / "out").glob("*.parquet")) if (tmp_path / "out").exists() else True

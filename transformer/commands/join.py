@@ -110,6 +110,22 @@ def run_task(
         return Outcome(task, None, f"{type(error).__name__}: {error}", time.perf_counter() - started)
 
 
+def check_inference(spec: JoinSpec, triton_url: str | None) -> None:
+    """Check the spec's models against the server once, before any file: a mismatch is a bad spec.
+
+    Raises InferenceConfigError (no TRITON_URL) or ModelMismatchError, both ValueErrors. A server that is
+    only unreachable is waited for briefly, then each file tries again and fails clearly.
+    """
+    if not spec.inference:
+        return
+    from transformer.inference import build_producers
+
+    for producer in build_producers(spec, triton_url, startup_deadline_s=10.0):
+        close = getattr(producer, "close", None)
+        if close is not None:
+            close()
+
+
 def prepare(spec: JoinSpec, cache_dir: Path | None) -> tuple[list[str], dict[str, DatasetIndex]]:
     """Expand files, build (or load) every key index and refuse duplicate keys across datasets."""
     if not spec.primary.files:
@@ -178,11 +194,13 @@ def _summary(spec: JoinSpec, outcomes: list[Outcome], wall: float, out: Path) ->
 def run(args: argparse.Namespace) -> int:
     """Handler of `servicex-joiner join`."""
     started = time.perf_counter()
+    triton_url = os.environ.get("TRITON_URL")
     try:
         spec = load_spec(args.spec)
+        check_inference(spec, triton_url)
         cache_dir = Path(args.index_cache) if args.index_cache else default_cache_dir()
         primary_paths, indexes = prepare(spec, cache_dir)
-    except JoinError as error:
+    except (JoinError, ValueError) as error:  # ValueError: inference not configured or not fitting the model
         print(f"servicex-joiner: error: {error}", file=sys.stderr)
         return 2
     out = Path(args.output)
@@ -194,7 +212,6 @@ def run(args: argparse.Namespace) -> int:
             Task(t.role, t.path, t.output.with_suffix("") if t.output.suffix == ".parquet" else t.output) for t in tasks
         ]
     workers = max(1, min(args.workers or (os.cpu_count() or 1), len(tasks) or 1))
-    triton_url = os.environ.get("TRITON_URL")
     outcomes = _execute(
         spec, tasks, indexes, output_format, args.chunk_entries, triton_url, workers, progress=not args.no_progress
     )
