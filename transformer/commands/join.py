@@ -219,6 +219,31 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
+@dataclass(frozen=True)
+class _TaskContext:
+    """What every task of one join shares."""
+
+    spec: JoinSpec
+    indexes: dict[str, DatasetIndex]
+    output_format: OutputFormat
+    chunk_entries: int | None
+    triton_url: str | None
+
+
+_WORKER_CONTEXT: dict[str, _TaskContext] = {}  # filled once in each worker process by its initializer
+
+
+def _install_context(context: _TaskContext) -> None:
+    _WORKER_CONTEXT["join"] = context
+
+
+def _run_in_worker(task: Task) -> Outcome:
+    context = _WORKER_CONTEXT["join"]
+    return run_task(
+        context.spec, task, context.indexes, context.output_format, context.chunk_entries, context.triton_url
+    )
+
+
 def _execute(
     spec: JoinSpec,
     tasks: list[Task],
@@ -241,10 +266,10 @@ def _execute(
                 outcomes.append(run_task(spec, task, indexes, output_format, chunk_entries, triton_url))
                 bar.advance(job)
             return outcomes
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures: list[Future[Outcome]] = [
-                pool.submit(run_task, spec, task, indexes, output_format, chunk_entries, triton_url) for task in tasks
-            ]
+        context = _TaskContext(spec, indexes, output_format, chunk_entries, triton_url)
+        # the context (key indexes: tens of MB) goes to each worker process once, not with every task
+        with ProcessPoolExecutor(max_workers=workers, initializer=_install_context, initargs=(context,)) as pool:
+            futures: list[Future[Outcome]] = [pool.submit(_run_in_worker, task) for task in tasks]
             for future in futures:
                 future.add_done_callback(lambda _f: bar.advance(job))
             outcomes = [f.result() for f in futures]
