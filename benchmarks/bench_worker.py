@@ -4,10 +4,14 @@ Generates 10 NanoAOD-like files of 10^5 events (LZMA) with one aligned and one r
 --data), then, in one run: (1) `servicex-joiner join --workers 1`; (2) one `servicex-joiner worker`
 consuming 10 Celery-published tasks, uploading to SeaweedFS and reporting to a recording App; (3) two
 workers on the same queue. Each timing includes process start-up (tasks are queued before the workers
-start, as the App does). CPU-seconds are the children's user+system time (workers, their fork servers and
-file processes), read with getrusage after they exit. Prints ratios; needs RabbitMQ on 127.0.0.1:5672.
+start, as the App does); every run starts with cold caches (a fresh `--index-cache` directory for `join`,
+a fresh cache bucket, for key indexes and results, for the workers).
+CPU-seconds are user+system time of the process trees (workers, their fork servers and transform
+processes; the join command and its pool). The three runs are repeated in turn (`--repeats`, interleaved,
+so that the machine's changing load hits each alike) and medians are printed beside every repeat. Needs
+RabbitMQ on 127.0.0.1:5672.
 
-Usage: python benchmarks/bench_worker.py [--data DIR] [--events N] [--files N]
+Usage: python benchmarks/bench_worker.py [--data DIR] [--events N] [--files N] [--repeats N]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,6 +118,8 @@ def run_join(spec: Path, out: Path) -> tuple[float, float]:
             str(out),
             "--workers",
             "1",
+            "--index-cache",
+            str(out / "index-cache"),  # cold, as the workers' fresh cache bucket
             "--no-progress",
         ],
         check=True,
@@ -167,6 +174,7 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO / ".cache" / "bench-worker"), help="dataset folder")
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
     args = parser.parse_args()
     spec = prepare(Path(args.data), args.files, args.events)
     inputs = [Path(args.data) / f"nano_{i}.root" for i in range(args.files)]
@@ -176,26 +184,36 @@ def main() -> int:
         server = start_seaweedfs(work)
         recorder = AppRecorder()
         publisher = AppPublisher(RABBIT_URL)
+        names = ("servicex-joiner join --workers 1", "worker x1 (RabbitMQ + S3 + reports)", "worker x2 (same queue)")
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        ratios: list[tuple[float, float]] = []
         try:
             s3_env = {**server.env()}
-            join_wall, join_cpu = run_join(spec, work / "join-out")
-            one_wall, one_cpu = run_workers(1, spec, inputs, s3_env, work, recorder, publisher)
-            two_wall, two_cpu = run_workers(2, spec, inputs, s3_env, work, recorder, publisher)
+            for repeat in range(args.repeats):
+                join = run_join(spec, work / f"join-out-{repeat}")
+                one = run_workers(1, spec, inputs, s3_env, work, recorder, publisher)
+                two = run_workers(2, spec, inputs, s3_env, work, recorder, publisher)
+                for name, measured in zip(names, (join, one, two), strict=True):
+                    runs[name].append(measured)
+                ratios.append((join[0] / one[0], one[0] / two[0]))
+                print(f"repeat {repeat + 1}: join {join[0]:.2f} s, worker x1 {one[0]:.2f} s, worker x2 {two[0]:.2f} s; "
+                      f"x1/join {ratios[-1][0]:.2f}, x2/x1 {ratios[-1][1]:.2f}", flush=True)
         finally:
             publisher.close()
             recorder.close()
             stop_seaweedfs(server)
-    rows = [
-        ("servicex-joiner join --workers 1", join_wall, join_cpu),
-        ("worker x1 (RabbitMQ + S3 + reports)", one_wall, one_cpu),
-        ("worker x2 (same queue)", two_wall, two_cpu),
-    ]
-    print(f"{args.files} files x {args.events} events, LZMA, aligned + reordered friend; {events} events")
+    print(f"{args.files} files x {args.events} events, LZMA, aligned + reordered friend; {events} events; "
+          f"medians of {args.repeats} interleaved repeats")
     print(f"{'run':40s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'CPU us/event':>13s}")
-    for name, wall, cpu in rows:
+    for name in names:
+        wall = statistics.median(w for w, _ in runs[name])
+        cpu = statistics.median(c for _, c in runs[name])
         print(f"{name:40s} {wall:8.2f} {events / wall:10.0f} {cpu:8.2f} {1e6 * cpu / events:13.2f}")
-    print(f"worker x1 / join --workers 1 throughput: {join_wall / one_wall:.2f} (goal >= 0.9)")
-    print(f"worker x2 / worker x1 throughput:        {one_wall / two_wall:.2f} (goal >= 1.5)")
+    x1 = statistics.median(r[0] for r in ratios)
+    x2 = statistics.median(r[1] for r in ratios)
+    print(f"worker x1 / join --workers 1 throughput: {x1:.2f} (median of per-repeat ratios; goal >= 0.9)")
+    print(f"worker x2 / worker x1 throughput:        {x2:.2f} (median of per-repeat ratios; goal >= 1.5)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -176,6 +176,10 @@ class Supervisor(Generic[A, R]):
             self._child = child
         return child
 
+    def start(self, label: str = "") -> None:
+        """Start the child now (else the first request starts it), so that its start overlaps other work."""
+        self._ready_child(label)
+
     def run(
         self,
         argument: A,

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -121,7 +122,8 @@ class Collaborators:
     """The parts one file's transform uses.
 
     `result_cache` is used only with `result_bucket` (the bucket `sink` writes to): hits are server-side
-    copies into it, and stored results enter the cache from it.
+    copies into it, and stored results enter the cache from it, through `background` when given (a
+    runner of steps that may finish after the outcome is returned), else at once.
     """
 
     join: JoinFunction
@@ -135,6 +137,7 @@ class Collaborators:
     result_cache: ResultCacheLike | None = None
     result_bucket: str | None = None
     identify: Callable[[str], FileIdentity] | None = None
+    background: Callable[[Callable[[], None]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -374,11 +377,16 @@ def transform_file(
     use = CacheUse.OFF
     if cache is not None and produced.key is not None:
         use = CacheUse.MISS
-        t0 = time.monotonic()
-        if cache.publish(produced.key, bucket, produced.name, counts):
-            log.info("request_id=%s file_id=%s entered into the result cache as %s", *ids,
-                     produced.key.object_name)
-        seconds["cache"] = time.monotonic() - t0
+        key, name = produced.key, produced.name
+
+        def enter() -> None:
+            if cache.publish(key, bucket, name, counts):
+                log.info("request_id=%s file_id=%s entered into the result cache as %s", *ids, key.object_name)
+
+        if parts.background is not None:
+            parts.background(enter)  # the object is stored: the report need not wait for the cache entry
+        else:
+            enter()
     return FileOutcome(
         status=FileStatus.SUCCESS,
         file_path=produced.path,
@@ -578,6 +586,7 @@ class JobRunner:
 
     def __init__(self) -> None:
         self.index_memory = IndexMemory()
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-cache")
         self._stores: dict[ObjectStoreSettings, Any] = {}
         self._producers: dict[tuple[str, str | None], Sequence[ColumnProducer]] = {}
         self._specs: dict[str, JoinSpec] = {}
@@ -615,6 +624,17 @@ class JobRunner:
             self._producers[slot] = producers
         return producers
 
+    def background(self, step: Callable[[], None]) -> None:
+        """Run `step` on the runner's background thread, after the current file's outcome if need be."""
+
+        def guarded() -> None:
+            try:
+                step()
+            except Exception:  # a background step must never take the process down
+                log.exception("background step failed")
+
+        self._background.submit(guarded)
+
     def forget_listings(self, storage_options: Mapping[str, Any] | None) -> None:
         """Drop fsspec's cached S3 listings, so that this file sees the friend datasets as they are now."""
         if storage_options is None or "s3fs" not in sys.modules:
@@ -624,7 +644,8 @@ class JobRunner:
         fsspec.filesystem("s3", **dict(storage_options)).invalidate_cache()
 
     def close(self) -> None:
-        """Close the producers' connections."""
+        """Finish the background steps, close the producers' connections."""
+        self._background.shutdown(wait=True)
         for producers in self._producers.values():
             for producer in producers:
                 close = getattr(producer, "close", None)
@@ -736,6 +757,7 @@ def build_collaborators(job: FileJob, spec: JoinSpec, runner: JobRunner | None =
         indexes=resolve,
         result_cache=result_cache,
         result_bucket=result_bucket,
+        background=runner.background,
     )
 
 

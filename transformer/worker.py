@@ -279,6 +279,7 @@ def run_worker(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        supervisor.start(f"request_id={config.request_id}")  # its imports overlap the broker connection
         consumer.run(handler)
     except ConsumerError as error:
         log.error("request_id=%s worker stops: %s", config.request_id, error)
