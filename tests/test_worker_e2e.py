@@ -157,3 +157,39 @@ def test_refused_joins_fail_every_file(
         assert "'/etc/friends.root' is not in an allowed location" in other.log()
     finally:
         assert other.terminate() == 0
+
+
+def test_root_file_output(
+    tmp_path: Path, inputs: dict[str, Path], s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder,
+) -> None:
+    spec = write_spec(tmp_path / "join_spec.json", [
+        {"name": "sys", "files": [str(tmp_path / "friends" / "sf_*.root")], "columns": ["sf"], "how": "left"}
+    ])
+    worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec,
+                           env=_env(s3_server, str(tmp_path) + "/"), log=tmp_path / "worker.log",
+                           probe_port=free_port())
+    path = inputs["nano_dimuon.root"]
+    try:
+        endpoint = app_recorder.endpoint(request_id)
+        app_publisher.send_file(request_id, 1, [str(path)], endpoint, result_format="root-file")
+        app_publisher.send_file(request_id, 2, [str(path)], endpoint)  # the same file as Parquet: another object
+        reports = {r["file-id"]: r for r in app_recorder.wait_for(request_id, 2, timeout_s=120)}
+    finally:
+        assert worker.terminate() == 0
+    report = reports[1]
+    assert report["status"] == "success", worker.log()
+    assert report["s3-object-name"] == object_name(str(path), parquet=False)
+    assert not report["s3-object-name"].endswith(".parquet")
+    assert reports[2]["s3-object-name"] == object_name(str(path), parquet=True)
+    store = S3Store(s3_server.settings())
+    data = store.get_bytes(request_id, report["s3-object-name"])
+    assert data is not None and len(data) == report["total-bytes"]
+    local = tmp_path / "out.root"
+    local.write_bytes(data)
+    tree = uproot.open(local)["servicex"]
+    primary = uproot.open(path)["Events"].arrays(["event", "nMuon"], library="np")
+    assert report["total-events"] == tree.num_entries == len(primary["event"])
+    assert np.array_equal(tree["event"].array(library="np"), primary["event"])
+    assert np.allclose(tree["sf"].array(library="np"), (primary["event"] % 1000).astype(np.float32) / 1000)
+    assert "Muon_pt" in tree
