@@ -3,7 +3,10 @@ while, a hung file past its deadline, and the broker closing the worker's connec
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -115,11 +118,12 @@ def test_report_refused_for_a_while_then_accepted(
 
 
 def test_hung_file_fails_at_its_deadline(
-    tmp_path: Path, s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    tmp_path: Path, data_dir: Path, s3_server: S3Server, rabbitmq_url: str, request_id: str,
     app_publisher: AppPublisher, app_recorder: AppRecorder,
 ) -> None:
     fifo = tmp_path / "hangs.root"
     subprocess.run(["mkfifo", str(fifo)], check=True)  # opening it for reading blocks forever
+    small = Path(shutil.copy(data_dir / "nano_dy.root", tmp_path / "nano_dy.root"))
     spec = write_spec(tmp_path / "spec.json", [])
     worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec,
                            env=_env(s3_server, "/", JOINER_FILE_DEADLINE_S="2"), log=tmp_path / "w.log",
@@ -127,10 +131,38 @@ def test_hung_file_fails_at_its_deadline(
     try:
         worker.wait_ready()
         app_publisher.send_file(request_id, 1, [str(fifo)], app_recorder.endpoint(request_id))
-        reports = app_recorder.wait_for(request_id, 1, timeout_s=60)
-        assert reports[0]["status"] == "failure"
+        app_publisher.send_file(request_id, 2, [str(small)], app_recorder.endpoint(request_id))
+        reports = app_recorder.wait_for(request_id, 2, timeout_s=60)
+        assert [r["status"] for r in reports] == ["failure", "success"]
         assert "per-file deadline of 2 s" in worker.log()
+        # the hung process was killed; a fresh one served the next file
+        assert "servicex_joiner_transform_processes_started_total 2.0" in worker.probe("/metrics").text
         assert worker.probe("/healthz").status_code == 200
+    finally:
+        assert worker.terminate() == 0
+
+
+def test_transform_process_killed_mid_file_is_retried_in_a_fresh_one(
+    tmp_path: Path, big_input: tuple[Path, Path], s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder,
+) -> None:
+    primary, friend = big_input
+    spec = write_spec(tmp_path / "spec.json", [{"name": "f", "files": [str(friend)], "columns": ["sf"]}],
+                      columns=["Jet_*", "nJet", "Muon_*", "nMuon", "genWeight"])
+    worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec, env=_env(s3_server, "/"),
+                           log=tmp_path / "w.log", probe_port=free_port())
+    try:
+        worker.wait_ready()
+        app_publisher.send_file(request_id, 1, [str(primary)], app_recorder.endpoint(request_id))
+        worker.wait_log(f"file_id=1 joining {primary}")
+        pid = int(re.findall(r"transform process pid (\d+) started", worker.log())[-1])
+        os.kill(pid, signal.SIGKILL)  # the out-of-memory killer, in the middle of the file
+        report = app_recorder.wait_for(request_id, 1, timeout_s=120)[0]
+        assert report["status"] == "success" and report["total-events"] == 150_000
+        log = worker.log()
+        assert "was killed by SIGKILL (killed: out of memory?) (try 1/2)" in log
+        assert "servicex_joiner_transform_processes_started_total 2.0" in worker.probe("/metrics").text
+        assert worker.probe("/readyz").status_code == 200
     finally:
         assert worker.terminate() == 0
 
