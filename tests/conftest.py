@@ -12,4 +12,7 @@ pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.triton",
     "tests.fixtures.servicex_stack",
+    "tests.fixtures.private_rabbitmq",
+    "tests.fixtures.private_seaweedfs",
+    "tests.fixtures.reliability",
 ]
