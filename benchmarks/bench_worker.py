@@ -5,11 +5,12 @@ Generates 10 NanoAOD-like files of 10^5 events (LZMA) with one aligned and one r
 consuming 10 Celery-published tasks, uploading to SeaweedFS and reporting to a recording App; (3) two
 workers on the same queue. Each timing includes process start-up (tasks are queued before the workers
 start, as the App does); every run starts with cold caches (a fresh `--index-cache` directory for `join`,
-a fresh cache bucket, for key indexes and results, for the workers).
-CPU-seconds are user+system time of the process trees (workers, their fork servers and transform
-processes; the join command and its pool). The three runs are repeated in turn (`--repeats`, interleaved,
-so that the machine's changing load hits each alike) and medians are printed beside every repeat. Needs
-RabbitMQ on 127.0.0.1:5672.
+a fresh cache bucket, for key indexes and results, for the workers). CPU-seconds are user+system time of
+the process trees (workers, their fork servers and transform processes; the join command and its pool);
+the S3 server's CPU during each run is printed beside them (SeaweedFS shares the two cores here; a
+deployment's MinIO runs elsewhere). The three runs are repeated in turn (`--repeats`, interleaved, so that
+the machine's changing load hits each alike) and medians are printed beside every repeat. Needs RabbitMQ
+on 127.0.0.1:5672.
 
 Usage: python benchmarks/bench_worker.py [--data DIR] [--events N] [--files N] [--repeats N]
 """
@@ -103,8 +104,9 @@ def prepare(data: Path, files: int, events: int) -> Path:
     return path
 
 
-def run_join(spec: Path, out: Path) -> tuple[float, float]:
-    """`servicex-joiner join --workers 1`: (wall seconds, CPU seconds)."""
+def run_join(spec: Path, out: Path, s3_pid: int) -> tuple[float, float, float]:
+    """`servicex-joiner join --workers 1`: (wall seconds, CPU seconds, S3 server CPU seconds meanwhile)."""
+    s3_cpu0 = _tree_cpu(s3_pid)
     cpu0, t0 = _children_cpu(), time.perf_counter()
     subprocess.run(
         [
@@ -126,7 +128,7 @@ def run_join(spec: Path, out: Path) -> tuple[float, float]:
         cwd=REPO,
         capture_output=True,
     )
-    return time.perf_counter() - t0, _children_cpu() - cpu0
+    return time.perf_counter() - t0, _children_cpu() - cpu0, _tree_cpu(s3_pid) - s3_cpu0
 
 
 def run_workers(
@@ -137,9 +139,11 @@ def run_workers(
     work: Path,
     recorder: AppRecorder,
     publisher: AppPublisher,
-) -> tuple[float, float]:
-    """`n_workers` workers consume one task per input: (wall seconds, CPU seconds)."""
+    s3_pid: int,
+) -> tuple[float, float, float]:
+    """`n_workers` workers consume one task per input: (wall s, CPU s, S3 server CPU s meanwhile)."""
     request_id = str(uuid.uuid4())
+    s3_cpu0 = _tree_cpu(s3_pid)
     env = {**s3_env, "JOINER_ALLOWED_LOCATIONS": "/", "JOINER_CACHE_BUCKET": "cache-" + request_id[:8]}
     t0 = time.perf_counter()
     for file_id, path in enumerate(inputs, start=1):
@@ -159,13 +163,14 @@ def run_workers(
     wall = time.perf_counter() - t0
     time.sleep(0.5)  # let the fork servers reap the last file processes
     cpu = sum(_tree_cpu(worker.process.pid) for worker in workers)
+    s3_cpu = _tree_cpu(s3_pid) - s3_cpu0
     for worker in workers:
         worker.terminate()
     delete_queue(RABBIT_URL, f"transformer-{request_id}")
     failed = [r for r in reports if r["status"] != "success"]
     if failed:
         raise RuntimeError(f"{len(failed)} files failed; see {work}")
-    return wall, cpu
+    return wall, cpu, s3_cpu
 
 
 def main() -> int:
@@ -185,14 +190,15 @@ def main() -> int:
         recorder = AppRecorder()
         publisher = AppPublisher(RABBIT_URL)
         names = ("servicex-joiner join --workers 1", "worker x1 (RabbitMQ + S3 + reports)", "worker x2 (same queue)")
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
         ratios: list[tuple[float, float]] = []
         try:
             s3_env = {**server.env()}
             for repeat in range(args.repeats):
-                join = run_join(spec, work / f"join-out-{repeat}")
-                one = run_workers(1, spec, inputs, s3_env, work, recorder, publisher)
-                two = run_workers(2, spec, inputs, s3_env, work, recorder, publisher)
+                s3_pid = server.process.pid
+                join = run_join(spec, work / f"join-out-{repeat}", s3_pid)
+                one = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
+                two = run_workers(2, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
                 for name, measured in zip(names, (join, one, two), strict=True):
                     runs[name].append(measured)
                 ratios.append((join[0] / one[0], one[0] / two[0]))
@@ -204,11 +210,12 @@ def main() -> int:
             stop_seaweedfs(server)
     print(f"{args.files} files x {args.events} events, LZMA, aligned + reordered friend; {events} events; "
           f"medians of {args.repeats} interleaved repeats")
-    print(f"{'run':40s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'CPU us/event':>13s}")
+    print(f"{'run':40s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'CPU us/event':>13s} {'S3 srv CPU s':>13s}")
     for name in names:
-        wall = statistics.median(w for w, _ in runs[name])
-        cpu = statistics.median(c for _, c in runs[name])
-        print(f"{name:40s} {wall:8.2f} {events / wall:10.0f} {cpu:8.2f} {1e6 * cpu / events:13.2f}")
+        wall = statistics.median(w for w, _, _ in runs[name])
+        cpu = statistics.median(c for _, c, _ in runs[name])
+        s3 = statistics.median(s for _, _, s in runs[name])
+        print(f"{name:40s} {wall:8.2f} {events / wall:10.0f} {cpu:8.2f} {1e6 * cpu / events:13.2f} {s3:13.2f}")
     x1 = statistics.median(r[0] for r in ratios)
     x2 = statistics.median(r[1] for r in ratios)
     print(f"worker x1 / join --workers 1 throughput: {x1:.2f} (median of per-repeat ratios; goal >= 0.9)")
