@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="generated code and transformer logs")
     parser.add_argument("--transformer-command", default=None, help="command template started per request")
     parser.add_argument("--transformer-env", action="append", default=[], help="KEY=VALUE for the transformer")
+    parser.add_argument("--max-transformers", type=int, default=None,
+                        help="at most this many requests' transformers at once (default: no limit)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     codegens = dict(item.split("=", 1) for item in args.codegen)
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=Path(args.workdir),
         transformer_command=args.transformer_command,
         transformer_env=dict(item.split("=", 1) for item in args.transformer_env),
+        max_transformers=args.max_transformers,
     )
     # uvicorn raises the signal that stopped it again once it has shut down: take it, and exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,8 +23,10 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 import uuid
 import zipfile
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +74,8 @@ class StandinConfig:
         transformer_command: the transformer to start per request, a command template with `{request_id}`,
             `{rabbit_uri}`, `{generated_dir}`, `{result_format}`, `{result_destination}`; None starts none.
         transformer_env: environment added for the transformer (`MINIO_*` are always given).
+        max_transformers: at most this many requests' transformers run at once (a cluster with room for
+            that many transformer pods); a request's transformer starts when a slot frees. None: no limit.
     """
 
     codegens: dict[str, str]
@@ -84,6 +88,7 @@ class StandinConfig:
     workdir: Path
     transformer_command: str | None = None
     transformer_env: dict[str, str] = field(default_factory=dict)
+    max_transformers: int | None = None
 
 
 @dataclass
@@ -130,6 +135,10 @@ class Transformation:
     finish_time: datetime | None = None
     results: list[Result] = field(default_factory=list)
     transformers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    submitted_at: float = field(default_factory=time.time)
+    transformer_started_at: float | None = None
+    finished_at: float | None = None
+    holds_slot: bool = False
 
     @property
     def files_completed(self) -> int:
@@ -187,6 +196,9 @@ class Standin:
         self.transformations: dict[str, Transformation] = {}
         self.violations: list[str] = []
         self.next_result_id = 1
+        self.duplicate_reports = 0
+        self.running_slots = 0
+        self.waiting: deque[Transformation] = deque()
         self.celery = Celery("ServiceX-App", broker=config.rabbit_uri)
         self.celery.conf.task_routes = (self._route_task,)
         self.celery.conf.broker_connection_retry_on_startup = True
@@ -261,9 +273,41 @@ class Standin:
                 result_format=transformation.result_format,
             )
             self.celery.send_task(TRANSFORM_TASK_NAME, kwargs=task.model_dump(mode="json"))
-        self._start_transformer(transformation)
+        self._schedule(transformation)
         log.info("request %s: %d file task(s) sent", request_id, len(files))
         return transformation
+
+    def _schedule(self, transformation: Transformation) -> None:
+        """Start the request's transformer now, or when a slot frees (`max_transformers`)."""
+        if self.config.transformer_command is None:
+            return
+        limit = self.config.max_transformers
+        with self.lock:
+            if limit is not None and self.running_slots >= limit:
+                self.waiting.append(transformation)
+                log.info("request %s: waiting for a transformer slot (%d waiting)", transformation.request_id,
+                         len(self.waiting))
+                return
+            self.running_slots += 1
+            transformation.holds_slot = True
+        self._start_transformer(transformation)
+
+    def _release_slot(self, transformation: Transformation) -> None:
+        """A finished request's slot goes to the next waiting request."""
+        with self.lock:
+            if not transformation.holds_slot:
+                return
+            transformation.holds_slot = False
+            if not self.waiting:
+                self.running_slots -= 1
+                return
+            following = self.waiting.popleft()
+            following.holds_slot = True
+        self._start_transformer(following)
+
+    def _finish(self, transformation: Transformation) -> None:
+        self.stop_transformers(transformation)
+        self._release_slot(transformation)
 
     def _start_transformer(self, transformation: Transformation) -> None:
         template = self.config.transformer_command
@@ -291,6 +335,7 @@ class Standin:
                 shlex.split(command), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         transformation.transformers.append(process)
+        transformation.transformer_started_at = time.time()
         log.info("request %s: transformer pid %d started: %s", transformation.request_id, process.pid, command)
 
     def file_complete(self, request_id: str, body: dict[str, Any]) -> tuple[int, str]:
@@ -301,6 +346,7 @@ class Standin:
             if transformation is None:
                 return 404, "Request not found"
             if any(r.report.file_id == report.file_id for r in transformation.results):
+                self.duplicate_reports += 1
                 return 200, "Ignoring duplicate result report"
             transformation.results.append(Result(self.next_result_id, report, datetime.now(tz=UTC)))
             self.next_result_id += 1
@@ -308,11 +354,12 @@ class Standin:
             if done:
                 transformation.status = "Complete"
                 transformation.finish_time = datetime.now(tz=UTC)
+                transformation.finished_at = time.time()
         if report.status is FileStatus.SUCCESS:
             self._check_object(request_id, report)
         if done:
             # The App stops the transformers after answering: the last one may be waiting for this answer.
-            threading.Thread(target=self.stop_transformers, args=(transformation,), daemon=True).start()
+            threading.Thread(target=self._finish, args=(transformation,), daemon=True).start()
         return 200, "Ok"
 
     def _check_object(self, request_id: str, report: FileCompleteReport) -> None:
@@ -343,6 +390,8 @@ class Standin:
 
     def close(self) -> None:
         """Stop every transformer and close the broker connections."""
+        with self.lock:
+            self.waiting.clear()
         for transformation in list(self.transformations.values()):
             self.stop_transformers(transformation)
         self.celery.close()
@@ -417,6 +466,23 @@ def create_standin(config: StandinConfig) -> FastAPI:
     def violations() -> list[str]:
         with standin.lock:
             return list(standin.violations)
+
+    @app.get("/standin/timings")
+    def timings() -> dict[str, Any]:
+        """Per request: submission, transformer start and completion times (epoch seconds)."""
+        with standin.lock:
+            return {
+                rid: {"submitted": t.submitted_at, "transformer_started": t.transformer_started_at,
+                      "finished": t.finished_at, "pids": [p.pid for p in t.transformers]}
+                for rid, t in standin.transformations.items()
+            }
+
+    @app.get("/standin/stats")
+    def stats() -> dict[str, Any]:
+        """Duplicate reports ignored, transformer slots in use, requests waiting for one."""
+        with standin.lock:
+            return {"duplicate_reports": standin.duplicate_reports, "running": standin.running_slots,
+                    "waiting": len(standin.waiting)}
 
     @app.get("/standin/transformations")
     def transformations() -> dict[str, Any]:
