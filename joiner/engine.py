@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from joiner.errors import DuplicateKeyError, SpecError
-from joiner.gather import SourcePool, gather, place
+from joiner.gather import SourcePool, gather, place, take_rows
 from joiner.index import DatasetIndex, FragmentStore, KeyFragment, build_dataset_index, build_fragment
 from joiner.integrity import KeyDigest, verify_keys
 from joiner.merge import keys_equal, match_keys
@@ -132,7 +132,7 @@ class _Rows:
     def take(self, rows: npt.NDArray[np.int64]) -> _Rows:
         if len(rows) == len(self.entries) and (len(rows) == 0 or bool(np.all(rows == np.arange(len(rows))))):
             return self
-        return _Rows(self.table.take(pa.array(rows)), [k[rows] for k in self.keys], self.entries[rows])
+        return _Rows(take_rows(self.table, rows), [k[rows] for k in self.keys], self.entries[rows])
 
 
 def resolve_friend_indexes(

@@ -68,7 +68,12 @@ def _sort_both(left: Keys, right: Keys, ranges: list[ColumnRange]) -> _Sorted:
 
 
 def _sort_side(packed: npt.NDArray[np.uint64], row_bits: int) -> tuple[npt.NDArray[np.uint64], IndexArray]:
-    """Sort one side by key with its row numbers riding in the low bits: keys and rows in key order."""
+    """Sort one side by key with its row numbers riding in the low bits: keys and rows in key order.
+
+    Already sorted keys (a key index, a primary written in key order) skip the sort: one pass to check.
+    """
+    if len(packed) < 2 or bool(np.all(packed[1:] >= packed[:-1])):
+        return packed, np.arange(len(packed), dtype=np.int64)
     composite = packed << np.uint64(row_bits)
     composite |= np.arange(len(packed), dtype=np.uint64)
     composite.sort()
