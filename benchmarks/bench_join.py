@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -139,7 +138,7 @@ def bench_kernels(n: int, repeats: int) -> None:
         position = np.clip(np.searchsorted(packed_r[order_r], packed_l), 0, len(packed_r) - 1)
         found = packed_r[order_r][position] == packed_l
         rows = np.where(found, order_r[position], -1)
-        return ak.from_arrow(right_body.column(f"Jet_v2"))[np.maximum(rows, 0)]
+        return ak.from_arrow(right_body.column("Jet_v2"))[np.maximum(rows, 0)]
 
     runs = {
         "aligned keys (ours)": lambda: keys_equal(left_keys, aligned_copy),
