@@ -3,14 +3,15 @@
 Generates 10 NanoAOD-like files of 10^5 events (LZMA) with one aligned and one reordered friend (cached in
 --data), then, in one run: (1) `servicex-joiner join --workers 1`; (2) one `servicex-joiner worker`
 consuming 10 Celery-published tasks, uploading to SeaweedFS and reporting to a recording App; (3) two
-workers on the same queue. Each timing includes process start-up (tasks are queued before the workers
-start, as the App does); every run starts with cold caches (a fresh `--index-cache` directory for `join`,
-a fresh cache bucket, for key indexes and results, for the workers). CPU-seconds are user+system time of
-the process trees (workers, their fork servers and transform processes; the join command and its pool);
-the S3 server's CPU during each run is printed beside them (SeaweedFS shares the two cores here; a
-deployment's MinIO runs elsewhere). The three runs are repeated in turn (`--repeats`, interleaved, so that
-the machine's changing load hits each alike) and medians are printed beside every repeat. Needs RabbitMQ
-on 127.0.0.1:5672.
+workers on the same queue; (4) one worker writing its results to a directory (`--result-destination
+volume`) instead of S3, which separates the worker's own overhead from the upload. Each timing includes
+process start-up (tasks are queued before the workers start, as the App does); every run starts with cold
+caches (a fresh `--index-cache` directory for `join`, a fresh cache bucket, for key indexes and results,
+for the workers). CPU-seconds are user+system time of the process trees (workers, their fork servers and
+transform processes; the join command and its pool); the S3 server's CPU during each run is printed
+beside them (SeaweedFS shares the two cores here; a deployment's MinIO runs elsewhere). The runs are
+repeated in turn (`--repeats`, interleaved, so that the machine's changing load hits each alike) and
+medians are printed beside every repeat. Needs RabbitMQ on 127.0.0.1:5672.
 
 Usage: python benchmarks/bench_worker.py [--data DIR] [--events N] [--files N] [--repeats N]
 """
@@ -140,14 +141,22 @@ def run_workers(
     recorder: AppRecorder,
     publisher: AppPublisher,
     s3_pid: int,
+    *,
+    volume: Path | None = None,
 ) -> tuple[float, float, float]:
-    """`n_workers` workers consume one task per input: (wall s, CPU s, S3 server CPU s meanwhile)."""
+    """`n_workers` workers consume one task per input: (wall s, CPU s, S3 server CPU s meanwhile).
+
+    With `volume`, results go to that directory (`--result-destination volume`) instead of S3.
+    """
     request_id = str(uuid.uuid4())
     s3_cpu0 = _tree_cpu(s3_pid)
     env = {**s3_env, "JOINER_ALLOWED_LOCATIONS": "/", "JOINER_CACHE_BUCKET": "cache-" + request_id[:8]}
     t0 = time.perf_counter()
+    destination = "object-store" if volume is None else "volume"
+    extra = [] if volume is None else ["--result-destination", "volume", "--output-dir", str(volume)]
     for file_id, path in enumerate(inputs, start=1):
-        publisher.send_file(request_id, file_id, [str(path)], recorder.endpoint(request_id))
+        publisher.send_file(request_id, file_id, [str(path)], recorder.endpoint(request_id),
+                            result_destination=destination)
     workers = [
         WorkerProcess(
             request_id=request_id,
@@ -156,6 +165,7 @@ def run_workers(
             env=env,
             log=work / f"{request_id}-{i}.log",
             probe_port=free_port(),
+            extra_args=extra,
         )
         for i in range(n_workers)
     ]
@@ -189,9 +199,10 @@ def main() -> int:
         server = start_seaweedfs(work)
         recorder = AppRecorder()
         publisher = AppPublisher(RABBIT_URL)
-        names = ("servicex-joiner join --workers 1", "worker x1 (RabbitMQ + S3 + reports)", "worker x2 (same queue)")
+        names = ("servicex-joiner join --workers 1", "worker x1 (RabbitMQ + S3 + reports)", "worker x2 (same queue)",
+                 "worker x1, results to a volume (no upload)")
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
-        ratios: list[tuple[float, float]] = []
+        ratios: list[tuple[float, float, float]] = []
         try:
             s3_env = {**server.env()}
             for repeat in range(args.repeats):
@@ -199,11 +210,14 @@ def main() -> int:
                 join = run_join(spec, work / f"join-out-{repeat}", s3_pid)
                 one = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
                 two = run_workers(2, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
-                for name, measured in zip(names, (join, one, two), strict=True):
+                local = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid,
+                                    volume=work / f"volume-{repeat}")
+                for name, measured in zip(names, (join, one, two, local), strict=True):
                     runs[name].append(measured)
-                ratios.append((join[0] / one[0], one[0] / two[0]))
-                print(f"repeat {repeat + 1}: join {join[0]:.2f} s, worker x1 {one[0]:.2f} s, worker x2 {two[0]:.2f} s; "
-                      f"x1/join {ratios[-1][0]:.2f}, x2/x1 {ratios[-1][1]:.2f}", flush=True)
+                ratios.append((join[0] / one[0], one[0] / two[0], join[0] / local[0]))
+                print(f"repeat {repeat + 1}: join {join[0]:.2f} s, worker x1 {one[0]:.2f} s, worker x2 {two[0]:.2f} s, "
+                      f"worker x1 to a volume {local[0]:.2f} s; x1/join {ratios[-1][0]:.2f}, "
+                      f"x2/x1 {ratios[-1][1]:.2f}", flush=True)
         finally:
             publisher.close()
             recorder.close()
@@ -220,6 +234,8 @@ def main() -> int:
     x2 = statistics.median(r[1] for r in ratios)
     print(f"worker x1 / join --workers 1 throughput: {x1:.2f} (median of per-repeat ratios; goal >= 0.9)")
     print(f"worker x2 / worker x1 throughput:        {x2:.2f} (median of per-repeat ratios; goal >= 1.5)")
+    volume = statistics.median(r[2] for r in ratios)
+    print(f"worker x1 to a volume / join throughput: {volume:.2f} (no S3 upload: the worker's own overhead)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
