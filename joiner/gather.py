@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import awkward as ak
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -175,7 +176,7 @@ def place(
 
 
 def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
-    """`table` rows at `index` (-1: a null row), lists copied with numpy (twice as fast as Arrow's take)."""
+    """`table` rows at `index` (-1: a null row); lists copied by awkward's kernel (faster than Arrow's take)."""
     missing = index < 0
     any_missing = bool(missing.any())
     arrow_index = pa.array(index, mask=missing) if any_missing else pa.array(index)
@@ -209,16 +210,21 @@ def _take_list(
         base += int(offsets[-1] - offsets[0])
     all_offsets = np.concatenate([*offset_parts, [base]]) if offset_parts else np.zeros(1, dtype=np.int64)
     item_dtype = column.type.value_type.to_pandas_dtype()
-    all_values = np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=item_dtype)
+    if len(value_parts) == 1:
+        all_values = value_parts[0]
+    else:
+        all_values = np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=item_dtype)
     source = np.where(missing, 0, index) if missing is not None else index
     starts = all_offsets[source]
-    lengths = all_offsets[source + 1] - starts
+    stops = all_offsets[source + 1]
     if missing is not None:
-        lengths[missing] = 0
-    new_offsets = np.zeros(len(index) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    positions = np.arange(int(new_offsets[-1]), dtype=np.int64) + np.repeat(starts - new_offsets[:-1], lengths)
-    values = pa.array(all_values[positions], type=column.type.value_type)
+        stops[missing] = starts[missing]
+    # awkward's C++ kernel compacts (starts, stops) into offsets + contiguous values in one pass
+    compact = ak.contents.ListArray(
+        ak.index.Index64(starts), ak.index.Index64(stops), ak.contents.NumpyArray(all_values)
+    ).to_ListOffsetArray64(True)
+    new_offsets = np.asarray(compact.offsets, dtype=np.int64)
+    values = pa.array(np.asarray(compact.content.data), type=column.type.value_type)
     mask = pa.array(missing) if missing is not None else None
     if pa.types.is_list(column.type):
         offsets32 = pa.array(new_offsets.astype(np.int32))
