@@ -27,6 +27,7 @@ import math
 import os
 import random
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -47,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from joiner.datagen import generate_friends, generate_nanoaod  # noqa: E402
 from joiner.spec import parse_spec_text  # noqa: E402
-from tests.fixtures.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
+from tests.fixtures.private_seaweedfs import PrivateS3  # noqa: E402
 from tests.fixtures.servicex_stack import start_join_stack, stop_join_stack  # noqa: E402
 from tests.reliability_support import fast_compression, read_keys, rss_bytes, tree_pids  # noqa: E402
 from transformer.naming import object_name  # noqa: E402
@@ -245,6 +246,7 @@ def main() -> int:
     if args.requests < args.users:
         parser.error("--requests must be at least --users")
 
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))  # run `finally`
     rng = random.Random(args.seed)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sxj-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +255,11 @@ def main() -> int:
     pool = make_pool(workdir / "pool", args.datasets, args.pool_files, args.events)
     print(f"pool: {args.datasets} datasets × {args.pool_files} files × {args.events:,} events in "
           f"{time.monotonic() - t0:.0f} s", flush=True)
-    s3 = start_seaweedfs(_fresh(workdir / "s3"))
+    # Every request's bucket is a SeaweedFS collection with volumes of its own: small volumes, so that a
+    # hundred buckets do not exhaust the volume slots (`weed mini` sizes them at 128 MB by default).
+    s3_process = PrivateS3(_fresh(workdir / "s3"), extra_args=("-master.volumeSizeLimitMB=8", "-volume.max=0"))
+    s3_process.start()
+    s3 = s3_process.server
     stack = None
     try:
         stack = start_join_stack(
@@ -288,7 +294,7 @@ def main() -> int:
     finally:
         if stack is not None:
             stop_join_stack(stack)
-        stop_seaweedfs(s3)
+        s3_process.stop()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(figures, indent=1))
     print(json.dumps({k: v for k, v in figures.items() if k != "queue_depth_series"}, indent=1))
