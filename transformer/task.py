@@ -21,8 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -38,11 +37,12 @@ from transformer.errors import (
     UnsupportedFormatError,
 )
 from transformer.index_memory import IndexMemory
+from transformer.job import CacheUse, FileJob, FileOutcome, load_spec_text
 from transformer.locations import AllowedLocations, order_replicas
-from transformer.models import NO_OBJECT, FileStatus, ResultDestination, ResultFormat, TransformTask
+from transformer.models import FileStatus, ResultDestination, ResultFormat, TransformTask
 from transformer.naming import object_name
 from transformer.result_cache import CachedResult, CacheKey, ResultCounts, result_key
-from transformer.settings import ObjectStoreSettings, Settings
+from transformer.settings import ObjectStoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ SUPPORTED_FORMATS: dict[str, OutputFormat] = {
     ResultFormat.PARQUET.value: OutputFormat.PARQUET,
     ResultFormat.ROOT_FILE.value: OutputFormat.ROOT,
 }
+__all__ = [  # the job types live in transformer.job; named here too for callers of this module
+    "SUPPORTED_FORMATS", "CacheUse", "Collaborators", "FileJob", "FileOutcome", "JobRunner", "RetryPolicy",
+    "build_collaborators", "build_producers", "load_spec_text", "run_job", "transform_file",
+]
 
 
 def _engine_version() -> str:
@@ -155,46 +159,6 @@ class RetryPolicy:
             waits.append(delay)
             delay = min(delay * 2, self.backoff_max_s)
         return waits
-
-
-class CacheUse(StrEnum):
-    """What the result cache did for one file."""
-
-    OFF = "off"  # not asked (no cache, volume output, or a model version that cannot be named)
-    HIT = "hit"  # served by a copy of a cached result
-    MISS = "miss"  # computed (and entered into the cache)
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    """What became of one input file: everything the worker needs for the report and the metrics."""
-
-    status: FileStatus
-    file_path: str
-    object_name: str
-    total_bytes: int = 0
-    total_events: int = 0
-    seconds: float = 0.0
-    reason: str | None = None
-    reason_kind: str | None = None  # short label for metrics: spec, location, input, join, format, ...
-    events_in: int = 0
-    matched: dict[str, int] = field(default_factory=dict)
-    unmatched: dict[str, int] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    cache: CacheUse = CacheUse.OFF
-    cache_key: str | None = None
-
-    @classmethod
-    def failure(cls, path: str, reason: str, kind: str, started: float) -> FileOutcome:
-        """A failure outcome (no object)."""
-        return cls(
-            status=FileStatus.FAILURE,
-            file_path=path,
-            object_name=NO_OBJECT,
-            reason=reason,
-            reason_kind=kind,
-            seconds=time.monotonic() - started,
-        )
 
 
 def _kind_of(error: BaseException) -> str:
@@ -548,30 +512,6 @@ def cache_key_for(
 
 # --------------------------------------------------------------------------------------------------------
 # The transform process's handler: builds real collaborators from settings and runs file after file.
-
-
-@dataclass(frozen=True)
-class FileJob:
-    """Everything the transform process needs for one file (picklable)."""
-
-    task: TransformTask
-    spec_text: str | None
-    spec_error: str | None
-    settings: Settings
-    output_dir: str | None = None
-
-
-def load_spec_text(path: str | Path) -> tuple[str | None, str | None]:
-    """Read and validate a spec file once: (normalised JSON text, None) or (None, the error message)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        return None, f"cannot read the join spec {path}: {error.strerror or error}"
-    try:
-        spec = parse_spec_text(text, source=str(path))
-    except JoinError as error:
-        return None, str(error)
-    return spec.model_dump_json(), None
 
 
 class JobRunner:

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from transformer.errors import AppCallbackError, AppRejectedError, FileDeadlineError, TransformCrashError
+from transformer.job import RESULT_FORMATS, CacheUse, FileJob, FileOutcome, load_spec_text, make_runner
 from transformer.messaging.codec import decode_task
 from transformer.messaging.consumer import Action, ConsumerError, Decision, Delivery, Pump, QueueConsumer
 from transformer.metrics import ProbeServer, WorkerMetrics, consumer_health
@@ -39,7 +40,6 @@ from transformer.models import (
 from transformer.servicex import AppClient
 from transformer.settings import Settings, get_settings
 from transformer.supervise import Supervisor
-from transformer.task import SUPPORTED_FORMATS, CacheUse, FileJob, FileOutcome, JobRunner, load_spec_text
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +250,10 @@ def run_worker(
     if config.result_destination is ResultDestination.VOLUME and not config.output_dir:
         log.error("request_id=%s --result-destination volume needs --output-dir", config.request_id)
         return 2
-    if config.result_format not in SUPPORTED_FORMATS:
+    if config.result_format not in RESULT_FORMATS:
         log.warning("request_id=%s --result-format %r is not one this transformer writes (%s); files "
                     "asking for it will fail", config.request_id, config.result_format,
-                    ", ".join(SUPPORTED_FORMATS))
+                    ", ".join(RESULT_FORMATS))
     worker = settings.worker
     consumer = QueueConsumer(
         config.rabbit_uri, queue_name(config.request_id),
@@ -261,7 +261,7 @@ def run_worker(
     )
     metrics = WorkerMetrics()
     if supervisor is None:
-        supervisor = Supervisor(JobRunner, CHILD_PRELOAD, recycle_after=worker.child_max_files)
+        supervisor = Supervisor(make_runner, CHILD_PRELOAD, recycle_after=worker.child_max_files)
     handler = FileHandler(config, settings, supervisor, metrics)
     state = consumer.state
     health = consumer_health(
