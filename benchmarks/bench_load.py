@@ -361,6 +361,13 @@ def collect(args: argparse.Namespace, stack: Any, s3: Any, records: list[Request
         at = parse_log_time(consuming) if consuming else None
         if at is not None and timing.get("transformer_started"):
             starts.append(at - timing["transformer_started"])
+    per_kind = {"hit": [0, 0.0], "miss": [0, 0.0]}  # events and transform seconds, by result-cache outcome
+    for body in text:
+        for match in re.finditer(r"done: (\d+) events, .* in ([0-9.]+) s \(result cache: (\w+)\)", body):
+            kind = per_kind.setdefault(match[3], [0, 0.0])
+            kind[0] += int(match[1])
+            kind[1] += float(match[2])
+    busy = sum(seconds for _, seconds in per_kind.values())
     fragments = len(store.list_names("sxj-load-cache", prefix="index/"))
     friend_files = len({f for r in records for f in _friends_of(r)})
     series = queue_watch.samples
@@ -392,6 +399,9 @@ def collect(args: argparse.Namespace, stack: Any, s3: Any, records: list[Request
         "worker_rss_mb": {"max": max(memory_watch.samples, default=0.0),
                           "mean": statistics.fmean(memory_watch.samples) if memory_watch.samples else 0.0},
         "cores_per_worker": 1.0,
+        "join_events_per_s": per_kind["miss"][0] / per_kind["miss"][1] if per_kind["miss"][1] else 0.0,
+        "copy_events_per_s": per_kind["hit"][0] / per_kind["hit"][1] if per_kind["hit"][1] else 0.0,
+        "busy_fraction": busy / (duration * args.workers),
         "cache": {"result_hits": hits, "result_lookups": hits + misses,
                   "result_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
                   "index_loads": index_loads, "index_uses": index_uses, "index_fragments": fragments,
