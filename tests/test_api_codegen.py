@@ -84,6 +84,7 @@ def test_the_answer_has_the_four_parts_in_the_order_the_app_reads(client: TestCl
     with zipfile.ZipFile(io.BytesIO(zip_data)) as archive:
         assert sorted(archive.namelist()) == [
             "join_spec.json",
+            "joiner_settings.json",  # the facility's settings for the pods (allowed locations here)
             "transform_single_file.py",
             "transformer_capabilities.json",
         ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from joiner.errors import SpecError
 from joiner.spec import JoinSpec, parse_spec_text
 from transformer.errors import LocationNotAllowedError
+from transformer.facility_settings import FACILITY_SETTINGS_NAME
 from transformer.locations import AllowedLocations
 from transformer.science import SCRIPT_NAME, SCRIPT_TEXT, SPEC_NAME
 
@@ -227,16 +228,19 @@ def spec_json(spec: JoinSpec) -> str:
     return json.dumps(spec.normalised(), sort_keys=True, indent=2) + "\n"
 
 
-def build_zip(spec: JoinSpec, entry_script: str = SCRIPT_TEXT) -> bytes:
-    """The flat zip the App mounts at `/generated`: capabilities, the normalised spec, the entry script.
+def build_zip(spec: JoinSpec, entry_script: str = SCRIPT_TEXT, facility: Mapping[str, str] | None = None) -> bytes:
+    """The flat zip the App mounts at `/generated`: capabilities, the normalised spec, the entry script,
+    and the facility's settings for the transformer pods (`joiner_settings.json`, see facility_settings).
 
-    The bytes depend only on the spec and the script (fixed timestamps and order).
+    The bytes depend only on the spec, the script and the settings (fixed timestamps and order).
     """
-    members: Sequence[tuple[str, str, int]] = (
+    members: list[tuple[str, str, int]] = [
         (CAPABILITIES_NAME, json.dumps(CAPABILITIES, indent=2) + "\n", 0o644),
         (SPEC_NAME, spec_json(spec), 0o644),
         (SCRIPT_NAME, entry_script, 0o755),
-    )
+    ]
+    if facility:
+        members.append((FACILITY_SETTINGS_NAME, json.dumps(dict(facility), sort_keys=True, indent=2) + "\n", 0o644))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, text, mode in members:
@@ -256,6 +260,7 @@ def generate(
     resolver: FileResolver,
     check_inference: Callable[[JoinSpec], None] | None = None,
     entry_script: str = SCRIPT_TEXT,
+    facility: Mapping[str, str] | None = None,
 ) -> tuple[GeneratedCode, CheckedSpec]:
     """Everything the code generator does for one selection.
 
@@ -267,6 +272,7 @@ def generate(
         resolver: finds friend files and their sizes.
         check_inference: refuses a spec whose inference entries do not fit the served models (raises).
         entry_script: the text of `transform_single_file.py` (default: the science entry's).
+        facility: settings for the transformer pods (`facility_settings`), shipped in the zip.
 
     Returns:
         The answer's parts and what the checks found.
@@ -283,6 +289,6 @@ def generate(
         transformer_image=transformer_image,
         language=LANGUAGE,
         command=COMMAND,
-        zip_data=build_zip(spec, entry_script),
+        zip_data=build_zip(spec, entry_script, facility),
     )
     return code, checked

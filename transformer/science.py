@@ -21,6 +21,7 @@ from joiner.engine import OutputFormat
 from joiner.errors import JoinError
 from joiner.spec import load_spec
 from transformer.errors import TransformerError
+from transformer.facility_settings import apply_facility_settings
 from transformer.locations import AllowedLocations
 from transformer.settings import Settings, get_settings
 from transformer.task import SUPPORTED_FORMATS, build_producers
@@ -112,6 +113,9 @@ def main(
     args = parser.parse_args(list(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings is None:
+        # the facility's settings shipped by the code generator, where the pod's environment has none
+        apply_facility_settings(Path(spec_path).parent)
     try:
         events, size = transform(
             args.input,

@@ -26,6 +26,7 @@ from transformer.api.metrics import CONTENT_TYPE, CodegenMetrics, Outcome
 from transformer.api.multipart import encode_form
 from transformer.codegen import CodegenLimits, FileResolver, SpecRefusedError, generate
 from transformer.errors import StorageError
+from transformer.facility_settings import facility_settings
 from transformer.inference import InferenceConfigError, ModelMismatchError, check_spec_against_server
 from transformer.locations import AllowedLocations
 from transformer.settings import Settings
@@ -169,6 +170,7 @@ async def _generated_code(request: Request, service: _Service) -> tuple[Outcome,
             limits=service.limits,
             resolver=service.resolver,
             check_inference=service.check_inference,
+            facility=facility_settings(service.settings),
         )
     except SpecError as error:
         log.info("code generation refused: %s", error)
