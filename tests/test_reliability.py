@@ -212,7 +212,8 @@ def test_transform_crashes_and_hangs_keep_the_consumer(
         def kill_transform(file_id: int, signal_name: str, attempt: int) -> None:
             wait_for(lambda: worker.log().count(f"file_id={file_id} joining") >= attempt, 60,
                      f"file {file_id} try {attempt}")
-            time.sleep(0.3)
+            # kill at once: the transform process has just started this file (a warm one needs well under
+            # a second for these files, so any wait risks finding it idle or on the next file)
             pids = transform_pids(worker.process.pid)
             assert len(pids) == 1, f"transform processes: {pids}"
             subprocess.run(["kill", f"-{signal_name}", str(pids[0])], check=True)

@@ -709,5 +709,12 @@ def build_producers(spec: JoinSpec, triton_url: str | None) -> Sequence[ColumnPr
         from transformer.inference import build_producers as build  # type: ignore[attr-defined,unused-ignore]
     except ImportError as error:
         raise PermanentFileError(f"the spec asks for inference but it is not available: {error}") from error
-    producers: Sequence[ColumnProducer] = build(spec, triton_url)
+    from transformer.inference import InferenceConfigError, ModelMismatchError
+
+    try:
+        producers: Sequence[ColumnProducer] = build(spec, triton_url)
+    except (ModelMismatchError, InferenceConfigError) as error:
+        # the worker checks this at start and stops; should the model change under a running worker,
+        # its files fail with the reason rather than crash the transform process
+        raise PermanentFileError(str(error)) from error
     return producers

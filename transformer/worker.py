@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from transformer.errors import AppCallbackError, AppRejectedError, FileDeadlineError, TransformCrashError
+from transformer.facility_settings import apply_facility_settings
 from transformer.job import RESULT_FORMATS, CacheUse, FileJob, FileOutcome, load_spec_text, make_runner
 from transformer.messaging.codec import decode_task
 from transformer.messaging.consumer import Action, ConsumerError, Decision, Delivery, Pump, QueueConsumer
@@ -293,8 +294,37 @@ def run_worker(
     return 0
 
 
+def check_models(config: WorkerConfig, settings: Settings) -> str | None:
+    """Check the spec's inference entries against the served models before consuming (DESIGN §5).
+
+    Returns the reason to stop (a spec that does not fit its model, or inference without a Triton URL),
+    or None. A server that is only unreachable is waited for briefly; its files then fail one by one.
+    """
+    from joiner.spec import parse_spec_text
+
+    text, error = load_spec_text(config.spec_path)
+    if error or not text:
+        return None  # every file will fail with the spec's error; the worker keeps the queue
+    spec = parse_spec_text(text)
+    if not spec.inference:
+        return None
+    from transformer.inference import InferenceConfigError, ModelMismatchError, build_producers
+
+    try:
+        producers = build_producers(spec, settings.inference.triton_url, startup_deadline_s=60.0)
+    except (ModelMismatchError, InferenceConfigError) as mismatch:
+        return str(mismatch)
+    for producer in producers:
+        close = getattr(producer, "close", None)
+        if callable(close):
+            close()
+    return None
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry of the `worker` subcommand."""
+    # the facility's settings shipped in the generated code, where the pod's environment has none
+    apply_facility_settings(Path(args.spec).parent)
     settings = get_settings()
     level: Any = logging.getLevelName(settings.log_level.upper())
     # LOG_LEVEL applies unless --log-level was given explicitly.
@@ -308,4 +338,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         result_format=args.result_format,
         output_dir=args.output_dir,
     )
+    reason = check_models(config, settings)
+    if reason is not None:
+        log.error("request_id=%s the join spec does not fit the served model; stopping: %s",
+                  config.request_id, reason)
+        return 2
     return run_worker(config, settings)

@@ -147,3 +147,27 @@ def test_join_command_refuses_a_spec_that_does_not_fit_the_model(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "WRONG__0" in done.stderr
     assert not list((tmp_path / "out").glob("*.parquet")) if (tmp_path / "out").exists() else True
+
+
+def test_worker_stops_at_start_when_the_spec_does_not_fit_the_model(
+    triton_server: TritonServer, rabbitmq_url: str, nano_tt: Path, tmp_path: Path
+) -> None:
+    """DESIGN §5: a mismatch stops the worker with a message naming it. The Triton URL here reaches the worker
+    only through the generated code's `joiner_settings.json`, as in a ServiceX deployment."""
+    friend = tmp_path / "calib.parquet"
+    write_friend(nano_tt, friend)
+    data = spec_data(nano_tt, friend)
+    data["inference"][0]["inputs"] = {"WRONG__0": ["Jet_pt", "Jet_sf", "Jet_phi"]}  # type: ignore[index]
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / "join_spec.json").write_text(json.dumps(data))
+    (generated / "joiner_settings.json").write_text(json.dumps({"TRITON_URL": triton_server.grpc_url}))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "transformer.cli", "worker", "--request-id", "mismatch-test", "--rabbit-uri",
+         rabbitmq_url, "--spec", str(generated / "join_spec.json"), "--result-destination", "volume",
+         "--output-dir", str(tmp_path / "out")],
+        cwd=REPO, env={**env, "JOINER_METRICS_PORT": "0"}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "WRONG__0" in done.stderr
