@@ -94,16 +94,23 @@ def infer_role(spec: JoinSpec, input_path: str) -> Role:
 def _listed(path: str, patterns: Sequence[str]) -> bool:
     import fnmatch
 
-    bare = _logical(path)
-    return any(bare == _logical(p) or fnmatch.fnmatchcase(bare, _logical(p)) for p in patterns)
+    bare = logical_path(path)
+    return any(bare == logical_path(p) or fnmatch.fnmatchcase(bare, logical_path(p)) for p in patterns)
 
 
-def _logical(path: str) -> str:
-    """A path without scheme-specific decorations that replicas and caches add (xcache `//` prefixes)."""
+def logical_path(path: str) -> str:
+    """A file's path without what replicas and caches add: `root://cache//root://origin//store/x.root`,
+    `root://origin//store/x.root` -> `/store/x.root`; other URLs and local paths stay as they are."""
     if path.startswith("root://"):
-        # root://cache//root://origin//store/x.root or root://host//store/x.root -> /store/x.root
-        last = path.rsplit("//", 1)[-1]
-        return "/" + last.lstrip("/")
+        inner = path
+        while inner.startswith("root://"):
+            _, _, rest = inner.removeprefix("root://").partition("//")
+            if not rest:
+                break
+            inner = rest
+        if "://" in inner:  # root://cache//https://host/p -> https://host/p
+            return inner
+        return "/" + inner.lstrip("/")
     return path.removeprefix("file://")
 
 
@@ -376,9 +383,10 @@ class _FileJoin:
     def _metadata(self, digest: KeyDigest) -> dict[str, Any]:
         return {
             "format_version": 1,
-            "spec_hash": self.spec.spec_hash(),
+            # request-independent: the same output (e.g. a shared-cache copy) carries the same provenance
+            "spec_hash": self.spec.spec_hash(without_primary_files=True),
             "role": self.role.value,
-            "input": self.input_path,
+            "input": logical_path(self.input_path),
             "inputs": self.inputs,
             "key_columns": self.keys,
             "rows": {

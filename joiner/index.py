@@ -354,5 +354,5 @@ def build_dataset_index(
                 storage_options=storage_options,
             )
         except InputFileError as error:
-            raise InputFileError(f"friend dataset {name!r}: {error}") from None
+            raise InputFileError(f"friend dataset {name!r}: {error}", path=error.path, tree=error.tree) from None
     return DatasetIndex(name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree)
