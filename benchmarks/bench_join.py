@@ -272,18 +272,34 @@ def bench_command(data: Path, events_total: int, repeats: int) -> None:
 
 MEMORY_PROBE = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     from pathlib import Path
     from joiner.spec import parse_spec
-    from joiner.engine import join_file
-    primary, friend, out, mode = sys.argv[1:5]
+    from joiner.engine import join_file, resolve_friend_indexes
+
+    def status(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    primary, friend, out = sys.argv[1:4]
     spec = parse_spec({{"primary": {{"files": [primary], "columns": {pcols!r}}},
                        "friends": [{{"name": "f", "files": [friend], "tree": "Friends", "columns": {fcols!r},
                                     "prefix": "f_"}}]}})
-    idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode == "join":
-        join_file(spec, primary, Path(out), chunk_entries=100_000)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - idle)
+    def reset():
+        # a process started by fork inherits its parent's peak; reset the peak (VmHWM) to the current RSS
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return status("VmRSS")
+
+    idle = reset()
+    indexes = resolve_friend_indexes(spec)  # keys only, once per dataset (a worker keeps it for a request)
+    indexes["f"].check_duplicates(spec.duplicates)
+    index_peak = status("VmHWM") - idle
+    idle = reset()
+    join_file(spec, primary, Path(out), chunk_entries=100_000, indexes=indexes)
+    print(status("VmHWM") - idle, index_peak)
     """
 )
 
@@ -292,16 +308,17 @@ def bench_memory(data: Path, events: int) -> None:
     script = Path(tempfile.mkdtemp()) / "probe.py"
     script.write_text(MEMORY_PROBE.format(pcols=PRIMARY_COLUMNS, fcols=FRIEND_COLUMNS))
     print("\n### Peak RSS above an idle process (join_file, chunk 100,000 entries, aligned friend)")
-    print("| events | peak RSS above idle |")
-    print("| ---: | ---: |")
+    print("| events in the file | join_file | building the friend's key index (keys only, per dataset) |")
+    print("| ---: | ---: | ---: |")
     for size in (events // 10, events):
         primaries, friends = _dataset(data, "memory", 1, size)
         done = subprocess.run(
             [sys.executable, str(script), str(primaries[0]), str(friends["aligned"][0]),
-             str(Path(tempfile.mkdtemp()) / "o.parquet"), "join"],
+             str(Path(tempfile.mkdtemp()) / "o.parquet")],
             check=True, capture_output=True, text=True,
         )
-        print(f"| {size:,} | {int(done.stdout.strip()) / 1024:.0f} MB |")
+        join_kb, index_kb = (int(v) for v in done.stdout.split())
+        print(f"| {size:,} | {join_kb / 1024:.0f} MB | {index_kb / 1024:.0f} MB |")
 
 
 def main() -> None:

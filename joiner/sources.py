@@ -112,7 +112,8 @@ class RootSource:
         self.tree = tree
         options = dict(storage_options or {})
         try:
-            self._file = uproot.open(path, **options)
+            # no array cache: every range is read once, and memory must stay bounded by the chunk
+            self._file = uproot.open(path, array_cache=None, **options)
         except FileNotFoundError as error:
             raise InputFileError(f"no such file: {error}", path=path) from None
         except Exception as error:  # noqa: BLE001 - uproot raises many types for a non-ROOT/truncated file
