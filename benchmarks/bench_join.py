@@ -29,6 +29,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import awkward as ak
@@ -199,16 +200,21 @@ def bench_files(data: Path, events: int, repeats: int) -> None:
     specs = {kind: _spec(primaries, friends[kind]) for kind in friends}
     indexes = {kind: resolve_friend_indexes(spec) for kind, spec in specs.items()}  # the cached case
 
-    def baseline() -> None:
-        events_table = uproot.open(primary)["Events"].arrays([*KEYS, "nJet", *PRIMARY_COLUMNS])
+    def baseline(executor: object = None) -> None:
+        options = {"decompression_executor": executor} if executor is not None else {}
+        events_table = uproot.open(primary)["Events"].arrays([*KEYS, "nJet", *PRIMARY_COLUMNS], **options)
         table = awkward_to_arrow(events_table, [*KEYS, "nJet", *PRIMARY_COLUMNS])
-        friend = uproot.open(friends["aligned"][0])["Friends"].arrays(FRIEND_COLUMNS)
+        friend = uproot.open(friends["aligned"][0])["Friends"].arrays(FRIEND_COLUMNS, **options)
         friend_table = awkward_to_arrow(friend, FRIEND_COLUMNS)
         for name in FRIEND_COLUMNS:
             table = table.append_column("f_" + name, friend_table.column(name))
         pq.write_table(table, out / "baseline.parquet", compression="zstd")
 
-    runs: dict[str, Callable[[], object]] = {"read + write, no join (baseline)": baseline}
+    threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    runs: dict[str, Callable[[], object]] = {
+        "read + write, no join (baseline)": baseline,
+        "read + write, no join, decompression threads like join_file": lambda: baseline(threads),
+    }
     for kind in friends:
         runs[f"join_file, {kind} friend"] = (
             lambda kind=kind: join_file(specs[kind], str(primary), out / f"{kind}.parquet", indexes=indexes[kind])

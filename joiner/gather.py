@@ -8,9 +8,11 @@ order of the rows they join and leaves nulls (at the list level for jagged colum
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -19,6 +21,7 @@ import pyarrow as pa
 
 from joiner.sources import StorageOptions, TableSource, open_source
 from joiner.spec import FileFormat
+from joiner.threads import thread_count, thread_pool
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 
@@ -175,17 +178,44 @@ def place(
     return take_rows(gathered.table, index)
 
 
+PARALLEL_ROWS = 1 << 20  # below this a list column is copied in one piece
+
+
 def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
-    """`table` rows at `index` (-1: a null row); lists copied by awkward's kernel (faster than Arrow's take)."""
+    """`table` rows at `index` (-1: a null row). Columns are copied in parallel threads; lists by awkward's
+    compaction kernel (faster than Arrow's take), large ones in one piece per thread."""
     missing = index < 0
     any_missing = bool(missing.any())
     arrow_index = pa.array(index, mask=missing) if any_missing else pa.array(index)
-    columns = []
+    pool = thread_pool()
+    pending = []
     for column in table.columns:
         if _is_plain_list(column):
-            columns.append(_take_list(column, index, missing if any_missing else None))
+            offsets, values = _flatten_list(column)
+            parts = max(1, min(thread_count(), len(index) // PARALLEL_ROWS))
+            bounds = np.linspace(0, len(index), parts + 1).astype(np.int64)
+            pending.append(
+                [
+                    pool.submit(
+                        _take_list_part,
+                        column.type,
+                        offsets,
+                        values,
+                        index[a:b],
+                        missing[a:b] if any_missing else None,
+                    )
+                    for a, b in itertools.pairwise(bounds)
+                ]
+            )
         else:
-            columns.append(column.take(arrow_index))
+            pending.append([pool.submit(column.take, arrow_index)])
+    columns = []
+    for futures in pending:
+        pieces = [f.result() for f in futures]
+        if len(pieces) == 1 and isinstance(pieces[0], pa.ChunkedArray):
+            columns.append(pieces[0])
+        else:
+            columns.append(pa.chunked_array(pieces))
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
@@ -198,9 +228,8 @@ def _is_plain_list(column: pa.ChunkedArray) -> bool:
     return bool(numeric and all(chunk.values.null_count == 0 for chunk in column.chunks))
 
 
-def _take_list(
-    column: pa.ChunkedArray, index: npt.NDArray[np.int64], missing: npt.NDArray[np.bool_] | None
-) -> pa.Array:
+def _flatten_list(column: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+    """One offsets array and one values array for all chunks of a list column (no copy for one chunk)."""
     offset_parts, value_parts, base = [], [], 0
     for chunk in column.chunks:
         offsets = np.asarray(chunk.offsets, dtype=np.int64)
@@ -209,11 +238,19 @@ def _take_list(
         offset_parts.append(offsets[:-1] - offsets[0] + base)
         base += int(offsets[-1] - offsets[0])
     all_offsets = np.concatenate([*offset_parts, [base]]) if offset_parts else np.zeros(1, dtype=np.int64)
-    item_dtype = column.type.value_type.to_pandas_dtype()
     if len(value_parts) == 1:
-        all_values = value_parts[0]
-    else:
-        all_values = np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=item_dtype)
+        return all_offsets, value_parts[0]
+    item_dtype = column.type.value_type.to_pandas_dtype()
+    return all_offsets, np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=item_dtype)
+
+
+def _take_list_part(
+    list_type: pa.DataType,
+    all_offsets: npt.NDArray[np.int64],
+    all_values: npt.NDArray[Any],
+    index: npt.NDArray[np.int64],
+    missing: npt.NDArray[np.bool_] | None,
+) -> pa.Array:
     source = np.where(missing, 0, index) if missing is not None else index
     starts = all_offsets[source]
     stops = all_offsets[source + 1]
@@ -224,10 +261,10 @@ def _take_list(
         ak.index.Index64(starts), ak.index.Index64(stops), ak.contents.NumpyArray(all_values)
     ).to_ListOffsetArray64(True)
     new_offsets = np.asarray(compact.offsets, dtype=np.int64)
-    values = pa.array(np.asarray(compact.content.data), type=column.type.value_type)
+    values = pa.array(np.asarray(compact.content.data), type=list_type.value_type)
     mask = pa.array(missing) if missing is not None else None
-    if pa.types.is_list(column.type):
+    if pa.types.is_list(list_type):
         offsets32 = pa.array(new_offsets.astype(np.int32))
-        return pa.ListArray.from_arrays(offsets32, values, type=pa.list_(column.type.value_field), mask=mask)
+        return pa.ListArray.from_arrays(offsets32, values, type=pa.list_(list_type.value_field), mask=mask)
     offsets64 = pa.array(new_offsets)
-    return pa.LargeListArray.from_arrays(offsets64, values, type=pa.large_list(column.type.value_field), mask=mask)
+    return pa.LargeListArray.from_arrays(offsets64, values, type=pa.large_list(list_type.value_field), mask=mask)

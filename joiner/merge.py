@@ -19,6 +19,7 @@ import numpy.typing as npt
 from joiner.errors import DuplicateKeyError
 from joiner.keys import ColumnRange, KeyPacker, _offset_uint64, column_ranges, key_tuples, union_ranges
 from joiner.spec import DuplicatePolicy, How
+from joiner.threads import thread_pool
 
 IndexArray = npt.NDArray[np.int64]
 Keys = Sequence[npt.NDArray[np.integer]]
@@ -114,8 +115,10 @@ def _pairs_packed(
     sides: tuple[_Side, _Side],
 ) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
     """The fast path: each side sorted as plain uint64 (SIMD), then a search of sorted keys in sorted keys."""
+    # the two sorts are independent and numpy releases the GIL while sorting: one thread each
+    right_sorted = thread_pool().submit(_sort_side, right, row_bits)
     left_keys, left_rows = _sort_side(left, row_bits)
-    right_keys, right_rows = _sort_side(right, row_bits)
+    right_keys, right_rows = right_sorted.result()
     left_keys, left_rows, dropped_left = _dedupe_side(left_keys, left_rows, policy, sides[0])
     right_keys, right_rows, dropped_right = _dedupe_side(right_keys, right_rows, policy, sides[1])
     if not len(left_keys) or not len(right_keys):

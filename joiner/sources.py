@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from joiner.errors import InputFileError, MissingColumnError, SpecError
 from joiner.keys import validate_key_array
 from joiner.spec import FileFormat
+from joiner.threads import thread_pool
 
 StorageOptions = Mapping[str, Any]
 _CUT_ALIAS = "_servicex_joiner_cut"
@@ -154,7 +155,13 @@ class RootSource:
     def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]:
         self._check(names)
         try:
-            arrays = self._tree.arrays(list(names), library="np", entry_start=start, entry_stop=stop)
+            arrays = self._tree.arrays(
+                decompression_executor=thread_pool(),
+                expressions=list(names),
+                library="np",
+                entry_start=start,
+                entry_stop=stop,
+            )
         except Exception as error:  # noqa: BLE001 - decompression/basket errors of a damaged file
             raise InputFileError(
                 f"cannot read key branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
@@ -167,7 +174,13 @@ class RootSource:
         if stop <= start:
             return self._empty_table(names)
         try:
-            arrays = self._tree.arrays(list(names), library="ak", entry_start=start, entry_stop=stop)
+            arrays = self._tree.arrays(
+                decompression_executor=thread_pool(),
+                expressions=list(names),
+                library="ak",
+                entry_start=start,
+                entry_stop=stop,
+            )
         except Exception as error:  # noqa: BLE001
             raise InputFileError(
                 f"cannot read branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
@@ -179,7 +192,13 @@ class RootSource:
         if not names:
             return pa.table({})
         if not all(hasattr(self._tree[name], "interpretation") for name in names):  # RNTuple fields
-            arrays = self._tree.arrays(list(names), library="ak", entry_start=0, entry_stop=0)
+            arrays = self._tree.arrays(
+                decompression_executor=thread_pool(),
+                expressions=list(names),
+                library="ak",
+                entry_start=0,
+                entry_stop=0,
+            )
             return awkward_to_arrow(arrays, names)
         columns = []
         for name in names:
@@ -191,7 +210,12 @@ class RootSource:
     def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:
         try:
             arrays = self._tree.arrays(
-                [_CUT_ALIAS], aliases={_CUT_ALIAS: cut}, library="ak", entry_start=start, entry_stop=stop
+                decompression_executor=thread_pool(),
+                expressions=[_CUT_ALIAS],
+                aliases={_CUT_ALIAS: cut},
+                library="ak",
+                entry_start=start,
+                entry_stop=stop,
             )
         except Exception as error:  # noqa: BLE001 - uproot raises KeyInFileError/SyntaxError/NameError
             raise SpecError(f"primary.cut {cut!r} cannot be evaluated on {self.path}: {error}") from None
