@@ -155,14 +155,14 @@ def _summary(spec: JoinSpec, outcomes: list[Outcome], wall: float, out: Path) ->
 
     console = Console(stderr=False)
     table = Table(title=f"servicex-joiner: {len(outcomes)} file(s) in {wall:.1f} s")
-    table.add_column("input")
+    table.add_column("input", overflow="fold")
     table.add_column("part")
-    table.add_column("events in", justify="right")
-    table.add_column("events out", justify="right")
+    table.add_column("in", justify="right", overflow="fold")
+    table.add_column("out", justify="right", overflow="fold")
     for friend in spec.friends:
-        table.add_column(f"{friend.name} matched/unmatched", justify="right")
-    table.add_column("output", justify="right")
-    table.add_column("events/s", justify="right")
+        table.add_column(f"{friend.name}\nmatched / missing", justify="right", overflow="fold")
+    table.add_column("size", justify="right", overflow="fold")
+    table.add_column("events/s", justify="right", overflow="fold")
     events = 0
     for outcome in outcomes:
         name = Path(outcome.task.path).name
