@@ -186,11 +186,6 @@ def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
     compaction kernel (faster than Arrow's take), large ones in one piece per thread."""
     missing = index < 0
     any_missing = bool(missing.any())
-    if not any_missing and len(index) and bool(np.all(index[1:] > index[:-1])):
-        # an ordered subset (rows kept by an inner join, a cut): Arrow's filter copies runs, not single rows
-        keep = np.zeros(table.num_rows, dtype=bool)
-        keep[index] = True
-        return table.filter(pa.array(keep))
     arrow_index = pa.array(index, mask=missing) if any_missing else pa.array(index)
     pool = thread_pool()
     pending = []
