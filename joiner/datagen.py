@@ -20,17 +20,11 @@ import awkward as ak
 import numpy as np
 import numpy.typing as npt
 
+from joiner.writing import nanoaod_counter_name, nanoaod_field_name
+
 EVENTS_PER_LUMI = 1_000
 BASKET_ENTRIES = 20_000  # events per basket, of the order CMS NanoAOD uses
 FIRST_EVENT = 100_000_000
-
-
-def _nano_names(outer: str, inner: str) -> str:
-    return inner if outer == "" else outer + "_" + inner
-
-
-def _counter(counted: str) -> str:
-    return "n" + counted
 
 
 def write_tree(path: Path, tree: str, columns: dict[str, Any], *, compression: Any = None) -> None:
@@ -53,7 +47,10 @@ def write_tree(path: Path, tree: str, columns: dict[str, Any], *, compression: A
     path.parent.mkdir(parents=True, exist_ok=True)
     with uproot.recreate(path, compression=compression or uproot.LZMA(4)) as handle:
         handle.mktree(
-            tree, {k: v.type.content for k, v in branches.items()}, field_name=_nano_names, counter_name=_counter
+            tree,
+            {k: v.type.content for k, v in branches.items()},
+            field_name=nanoaod_field_name,
+            counter_name=nanoaod_counter_name,
         )
         total = len(next(iter(branches.values()))) if branches else 0
         for start in range(0, max(total, 1), BASKET_ENTRIES):

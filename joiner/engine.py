@@ -18,13 +18,13 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from joiner.errors import DuplicateKeyError, SpecError
+from joiner.errors import SpecError
 from joiner.gather import SourcePool, gather, place, take_rows
 from joiner.index import DatasetIndex, FragmentStore, KeyFragment, build_dataset_index, build_fragment
 from joiner.integrity import KeyDigest, verify_keys
 from joiner.merge import keys_equal, match_keys
 from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
-from joiner.sources import TableSource, expand_paths, open_source
+from joiner.sources import TableSource, expand_paths, logical_path, open_source
 from joiner.spec import DuplicatePolicy, FriendSpec, How, JoinSpec
 from joiner.writing import open_sink
 
@@ -96,22 +96,6 @@ def _listed(path: str, patterns: Sequence[str]) -> bool:
 
     bare = logical_path(path)
     return any(bare == logical_path(p) or fnmatch.fnmatchcase(bare, logical_path(p)) for p in patterns)
-
-
-def logical_path(path: str) -> str:
-    """A file's path without what replicas and caches add: `root://cache//root://origin//store/x.root`,
-    `root://origin//store/x.root` -> `/store/x.root`; other URLs and local paths stay as they are."""
-    if path.startswith("root://"):
-        inner = path
-        while inner.startswith("root://"):
-            _, _, rest = inner.removeprefix("root://").partition("//")
-            if not rest:
-                break
-            inner = rest
-        if "://" in inner:  # root://cache//https://host/p -> https://host/p
-            return inner
-        return "/" + inner.lstrip("/")
-    return path.removeprefix("file://")
 
 
 @dataclass
@@ -324,15 +308,7 @@ class _FileJoin:
         if not len(repeats):
             return None
         if self.spec.duplicates is DuplicatePolicy.ERROR:
-            involved = np.union1d(repeats, repeats - 1)[:10]
-            examples = [
-                (tuple(int(c[i]) for c in fragment.keys), [f"{name} (entry {int(fragment.entries[i])})"])
-                for i in involved
-            ]
-            grouped: dict[tuple[int, ...], list[str]] = {}
-            for key, where in examples:
-                grouped.setdefault(key, []).extend(where)
-            raise DuplicateKeyError(name, list(grouped.items()), total=len(repeats))
+            DatasetIndex(name, [name], [fragment]).check_duplicates(DuplicatePolicy.ERROR)  # raises, naming them
         drop = np.zeros(fragment.num_entries, dtype=bool)
         drop[fragment.entries[repeats]] = True
         return drop

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from joiner.errors import InputFileError
 from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_order, union_ranges
-from joiner.merge import match_keys
+from joiner.merge import match_keys, sort_packed
 from joiner.sources import FileIdentity, StorageOptions, TableSource, open_source
 from joiner.spec import DuplicatePolicy, FileFormat, How
 
@@ -193,10 +193,7 @@ def sort_order(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.int64]
     packer = KeyPacker(tuple(ranges))
     row_bits = max(int(n - 1).bit_length(), 1)
     if packer.total_bits + row_bits <= 64:
-        composite = packer.pack(keys) << np.uint64(row_bits)
-        composite |= np.arange(n, dtype=np.uint64)
-        composite.sort()
-        return (composite & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+        return sort_packed(packer.pack(keys), row_bits)[1]
     if packer.fits:
         return np.argsort(packer.pack(keys), kind="stable").astype(np.int64)
     return lexicographic_order(keys).astype(np.int64)

@@ -10,7 +10,7 @@ sort instead (`lexicographic_order`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,6 @@ import numpy.typing as npt
 
 from joiner.errors import KeyTypeError
 
-KeyArrays = Mapping[str, npt.NDArray[np.integer]]
 UInt64Array = npt.NDArray[np.uint64]
 MAX_BITS = 64
 
@@ -116,14 +115,6 @@ def _offset_uint64(column: npt.NDArray[np.integer], low: int) -> UInt64Array:
     # signed: shift into the unsigned domain first (low may be negative)
     as_int64 = column.astype(np.int64, copy=False)
     return (as_int64 - np.int64(low)).astype(np.uint64)
-
-
-def packer_for(*sides: Sequence[npt.NDArray[np.integer]]) -> KeyPacker | None:
-    """A packer covering every given side, or None when all sides are empty."""
-    ranges = union_ranges(*(column_ranges(side) for side in sides))
-    if ranges is None:
-        return None
-    return KeyPacker(tuple(ranges))
 
 
 def lexicographic_order(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.intp]:

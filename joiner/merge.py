@@ -68,7 +68,7 @@ def _sort_both(left: Keys, right: Keys, ranges: list[ColumnRange]) -> _Sorted:
     return _Sorted(rows, equal)
 
 
-def _sort_side(packed: npt.NDArray[np.uint64], row_bits: int) -> tuple[npt.NDArray[np.uint64], IndexArray]:
+def sort_packed(packed: npt.NDArray[np.uint64], row_bits: int) -> tuple[npt.NDArray[np.uint64], IndexArray]:
     """Sort one side by key with its row numbers riding in the low bits: keys and rows in key order.
 
     Already sorted keys (a key index, a primary written in key order) skip the sort: one pass to check.
@@ -116,8 +116,8 @@ def _pairs_packed(
 ) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
     """The fast path: each side sorted as plain uint64 (SIMD), then a search of sorted keys in sorted keys."""
     # the two sorts are independent and numpy releases the GIL while sorting: one thread each
-    right_sorted = thread_pool().submit(_sort_side, right, row_bits)
-    left_keys, left_rows = _sort_side(left, row_bits)
+    right_sorted = thread_pool().submit(sort_packed, right, row_bits)
+    left_keys, left_rows = sort_packed(left, row_bits)
     right_keys, right_rows = right_sorted.result()
     left_keys, left_rows, dropped_left = _dedupe_side(left_keys, left_rows, policy, sides[0])
     right_keys, right_rows, dropped_right = _dedupe_side(right_keys, right_rows, policy, sides[1])

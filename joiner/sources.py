@@ -357,6 +357,25 @@ def file_identity(path: str, storage_options: StorageOptions | None = None, *, t
         raise InputFileError(f"cannot open as a ROOT file: {error}", path=path) from None
 
 
+_REMOTE = re.compile(r"^(?:root|xroot|https?|davs?)://[^/]*/+(.*)$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def logical_path(path: str) -> str:
+    """A replica's path without the parts that differ between replicas and caches of one file.
+
+    `root://cache//root://origin//store/x.root`, `root://origin//store/x.root` and
+    `https://origin:443/store/x.root` are all `/store/x.root`; `s3://` URLs and local paths are kept.
+    """
+    current = path.removeprefix("file://")
+    while (match := _REMOTE.match(current)) is not None:
+        inner = match.group(1)
+        if _SCHEME.match(inner) is None:
+            return "/" + inner
+        current = inner
+    return current
+
+
 def expand_paths(patterns: Sequence[str], storage_options: StorageOptions | None = None) -> list[str]:
     """Expand globs of local paths and s3:// URLs, keeping order and URLs of other schemes as they are."""
     result: list[str] = []

@@ -87,7 +87,6 @@ class RootSink:
 
     def commit(self, metadata: Mapping[str, Any]) -> int:
         import awkward as ak
-        import numpy as np
         import uproot
 
         table = pa.concat_tables(self._chunks) if self._chunks else self._schema.empty_table()
@@ -112,19 +111,15 @@ class RootSink:
                 for field, array in fields.items():
                     branches[f"{prefix}_{field}"] = array
         with uproot.recreate(self._tmp) as handle:
-            if table.num_rows == 0:
-                types = {k: (v.type.content if hasattr(v.type, "content") else v.type) for k, v in branches.items()}
-                handle.mktree(ROOT_TREE_NAME, types, field_name=_field_name, counter_name=_counter_name)
-            else:
-                handle.mktree(
-                    ROOT_TREE_NAME,
-                    {k: v.type.content for k, v in branches.items()},
-                    field_name=_field_name,
-                    counter_name=_counter_name,
-                )
+            handle.mktree(
+                ROOT_TREE_NAME,
+                {k: v.type.content for k, v in branches.items()},
+                field_name=nanoaod_field_name,
+                counter_name=nanoaod_counter_name,
+            )
+            if table.num_rows:
                 handle[ROOT_TREE_NAME].extend(branches)
             handle["servicex_joiner_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
-            del np
         os.replace(self._tmp, self.path)
         return self.path.stat().st_size
 
@@ -132,11 +127,13 @@ class RootSink:
         self._tmp.unlink(missing_ok=True)
 
 
-def _field_name(outer: str, inner: str) -> str:
+def nanoaod_field_name(outer: str, inner: str) -> str:
+    """uproot's branch name of a collection field, NanoAOD-style: `Jet`, `pt` -> `Jet_pt`."""
     return inner if outer == "" else outer + "_" + inner
 
 
-def _counter_name(counted: str) -> str:
+def nanoaod_counter_name(counted: str) -> str:
+    """uproot's counter branch of a collection, NanoAOD-style: `Jet` -> `nJet`."""
     return "n" + counted
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import re
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from joiner.engine import ColumnProducer, FileResult, OutputFormat, Role, infer_role
 from joiner.errors import InputFileError, JoinError
 from joiner.index import DatasetIndex
-from joiner.sources import FileIdentity, file_identity
+from joiner.sources import FileIdentity, file_identity, logical_path
 from joiner.spec import JoinSpec, parse_spec_text
 from transformer.errors import (
     PermanentFileError,
@@ -432,25 +431,6 @@ def _produce(
 def _is_friend_problem(error: InputFileError, replica: str) -> bool:
     # A friend file that cannot be read fails every replica of the primary the same way: no point trying.
     return error.path is not None and error.path != replica
-
-
-_REMOTE = re.compile(r"^(?:root|xroot|https?|davs?)://[^/]*/+(.*)$")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def logical_path(path: str) -> str:
-    """A replica's path without the parts that differ between replicas and caches of one file.
-
-    `root://cache//root://origin//store/x.root`, `root://origin//store/x.root` and
-    `https://origin:443/store/x.root` are all `/store/x.root`; `s3://` URLs and local paths are kept.
-    """
-    current = path.removeprefix("file://")
-    while (match := _REMOTE.match(current)) is not None:
-        inner = match.group(1)
-        if _SCHEME.match(inner) is None:
-            return "/" + inner
-        current = inner
-    return current
 
 
 def model_versions(producers: Sequence[ColumnProducer]) -> list[dict[str, str]] | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
@@ -41,6 +41,21 @@ class ObjectInfo:
     size: int
     last_modified: datetime | None
     metadata: dict[str, str] = field(default_factory=dict)  # user metadata, lower-case names without prefix
+
+
+_Result = TypeVar("_Result")
+
+
+def _unless_missing(what: str, bucket: str, name: str, operation: Callable[[], _Result]) -> _Result | None:
+    """Run one object operation: None when the object (or bucket) does not exist, StorageError otherwise."""
+    try:
+        return operation()
+    except S3Error as error:
+        if error.code in _MISSING_CODES:
+            return None
+        raise StorageError(f"{what} failed: {error}", bucket=bucket, name=name) from error
+    except _NETWORK_ERRORS as error:
+        raise StorageError(f"{what} failed: {error}", bucket=bucket, name=name) from error
 
 
 def _user_metadata(headers: Mapping[str, Any] | None) -> dict[str, str]:
@@ -120,26 +135,14 @@ class S3Store:
 
     def size(self, bucket: str, name: str) -> int | None:
         """The size of an object, or None if it (or its bucket) does not exist."""
-        try:
-            stat = self.client.stat_object(bucket, name)
-        except S3Error as error:
-            if error.code in _MISSING_CODES:
-                return None
-            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
-        except _NETWORK_ERRORS as error:
-            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
-        return int(stat.size or 0)
+        info = self.stat(bucket, name)
+        return None if info is None else info.size
 
     def get_bytes(self, bucket: str, name: str) -> bytes | None:
         """The whole object, or None if it (or its bucket) does not exist."""
-        try:
-            response = self.client.get_object(bucket, name)
-        except S3Error as error:
-            if error.code in _MISSING_CODES:
-                return None
-            raise StorageError(f"read failed: {error}", bucket=bucket, name=name) from error
-        except _NETWORK_ERRORS as error:
-            raise StorageError(f"read failed: {error}", bucket=bucket, name=name) from error
+        response = _unless_missing("read", bucket, name, lambda: self.client.get_object(bucket, name))
+        if response is None:
+            return None
         try:
             data: bytes = response.read()
         except _NETWORK_ERRORS as error:
@@ -159,14 +162,9 @@ class S3Store:
 
     def stat(self, bucket: str, name: str) -> ObjectInfo | None:
         """Size, age and user metadata of an object, or None if it (or its bucket) does not exist."""
-        try:
-            stat = self.client.stat_object(bucket, name)
-        except S3Error as error:
-            if error.code in _MISSING_CODES:
-                return None
-            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
-        except _NETWORK_ERRORS as error:
-            raise StorageError(f"stat failed: {error}", bucket=bucket, name=name) from error
+        stat = _unless_missing("stat", bucket, name, lambda: self.client.stat_object(bucket, name))
+        if stat is None:
+            return None
         return ObjectInfo(name, int(stat.size or 0), stat.last_modified, _user_metadata(stat.metadata))
 
     def copy(
@@ -187,24 +185,16 @@ class S3Store:
             The stored size of the copy, or None when the source does not exist (the target is untouched).
         """
         self.ensure_bucket(bucket)
-        try:
-            if metadata is None:
-                self.client.copy_object(bucket, name, CopySource(source_bucket, source_name))
-            else:
-                self.client.copy_object(
-                    bucket, name, CopySource(source_bucket, source_name),
-                    metadata=dict(metadata), metadata_directive=REPLACE,
-                )
-        except S3Error as error:
-            if error.code in _MISSING_CODES:
-                return None
-            raise StorageError(
-                f"copy from s3://{source_bucket}/{source_name} failed: {error}", bucket=bucket, name=name
-            ) from error
-        except _NETWORK_ERRORS as error:
-            raise StorageError(
-                f"copy from s3://{source_bucket}/{source_name} failed: {error}", bucket=bucket, name=name
-            ) from error
+        source = CopySource(source_bucket, source_name)
+        options: dict[str, Any] = {}
+        if metadata is not None:
+            options = {"metadata": dict(metadata), "metadata_directive": REPLACE}
+        copied = _unless_missing(
+            f"copy from s3://{source_bucket}/{source_name}", bucket, name,
+            lambda: self.client.copy_object(bucket, name, source, **options),
+        )
+        if copied is None:
+            return None
         return self.size(bucket, name)
 
     def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -221,14 +211,7 @@ class S3Store:
 
     def remove(self, bucket: str, name: str) -> None:
         """Delete an object; an object (or bucket) that is already gone is no error."""
-        try:
-            self.client.remove_object(bucket, name)
-        except S3Error as error:
-            if error.code in _MISSING_CODES:
-                return
-            raise StorageError(f"delete failed: {error}", bucket=bucket, name=name) from error
-        except _NETWORK_ERRORS as error:
-            raise StorageError(f"delete failed: {error}", bucket=bucket, name=name) from error
+        _unless_missing("delete", bucket, name, lambda: self.client.remove_object(bucket, name))
 
     def list_names(self, bucket: str, prefix: str = "") -> list[str]:
         """Object names in a bucket under `prefix` (empty if the bucket does not exist)."""
