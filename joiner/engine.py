@@ -22,7 +22,7 @@ from joiner.errors import SpecError
 from joiner.gather import SourcePool, gather, place, take_rows
 from joiner.index import DatasetIndex, FragmentStore, KeyFragment, build_dataset_index, build_fragment
 from joiner.integrity import KeyDigest, verify_keys
-from joiner.merge import keys_equal, match_keys
+from joiner.merge import keys_equal, match_keys, partner_of_entries
 from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
 from joiner.sources import TableSource, expand_paths, logical_path, open_source
 from joiner.spec import DuplicatePolicy, FriendSpec, How, JoinSpec
@@ -124,6 +124,18 @@ class _Rows:
         if len(rows) == len(self.entries) and (len(rows) == 0 or bool(np.all(rows == np.arange(len(rows))))):
             return self
         return _Rows(take_rows(self.table, rows), [k[rows] for k in self.keys], self.entries[rows])
+
+
+@dataclass(frozen=True)
+class _Partners:
+    """Where each entry of the primary file finds its friend row: dataset file position and entry (-1: none).
+
+    Matched once per file, from the file's sorted key fragment against the friend's sorted key index, so
+    neither side is sorted again and a friend's index is scanned once per file, not once per chunk.
+    """
+
+    file_positions: npt.NDArray[np.int64]
+    entries: npt.NDArray[np.int64]
 
 
 def resolve_friend_indexes(
@@ -254,6 +266,9 @@ class _FileJoin:
         self.counts = _Counts()
         self.inputs: list[dict[str, Any]] = []
         self.paths_taken: dict[str, set[str]] = {}
+        self.partners: dict[str, _Partners] = {}
+        self.fragment: KeyFragment | None = None
+        self.drop: npt.NDArray[np.bool_] | None = None
 
     # -- set-up -------------------------------------------------------------------------------------
     def _friend_index(self, friend: FriendSpec) -> DatasetIndex:
@@ -387,6 +402,7 @@ class _FileJoin:
         plan = make_plan(self.spec, source, [pool.source(0) for pool in pools])
         fragment = self._own_fragment(source, "primary")
         drop = self._own_duplicates(fragment, self.input_path)
+        self.fragment, self.drop = fragment, drop
         aligned = [
             index.aligned_fragment(fragment.num_entries, fragment.first_key, fragment.last_key)
             for index in friend_indexes
@@ -459,25 +475,18 @@ class _FileJoin:
                 self.paths_taken.setdefault(friend.name, set()).add("aligned")
                 return self._append(rows, side, friend, columns, np.ones(len(rows.entries), dtype=bool))
         self.paths_taken.setdefault(friend.name, set()).add("merge")
-        candidates = index.candidates(rows.keys)
-        how = How.INNER if friend.how is How.INNER else How.LEFT
-        match = match_keys(
-            rows.keys,
-            candidates.keys,
-            how,
-            duplicates=self.spec.duplicates,
-            left_name=self.input_path,
-            right_name=f"friend {friend.name!r}",
-            right_origin=index.origin(candidates),
-        )
-        rows = rows.take(match.left_rows)
-        matched = match.right_rows >= 0
+        partners = self._partners(friend, index)
+        positions = partners.file_positions[rows.entries]
+        if friend.how is How.INNER:
+            found = np.flatnonzero(positions >= 0).astype(np.int64)
+            rows = rows.take(found)
+            positions = positions[found]
+        matched = positions >= 0
         targets = np.flatnonzero(matched).astype(np.int64)
-        picked = match.right_rows[targets]
         gathered = gather(
             pool,
-            candidates.file_positions[picked],
-            candidates.entries[picked],
+            positions[targets],
+            partners.entries[rows.entries[targets]],
             columns=side.read_names,
             key_columns=self.keys,
         )
@@ -486,6 +495,36 @@ class _FileJoin:
         self.counts.matched[friend.name] += len(targets)
         self.counts.unmatched[friend.name] += len(rows.entries) - len(targets)
         return self._append(rows, side, friend, columns, matched)
+
+    def _partners(self, friend: FriendSpec, index: DatasetIndex) -> _Partners:
+        """This file's matches in one friend, found on first need (an aligned friend never needs them)."""
+        if friend.name in self.partners:
+            return self.partners[friend.name]
+        assert self.fragment is not None  # set by _primary_chunks before any chunk is joined
+        keys, entries = self.fragment.keys, self.fragment.entries
+        if self.drop is not None:
+            kept = ~self.drop[entries]
+            keys, entries = [k[kept] for k in keys], entries[kept]
+        candidates = index.candidates(keys)
+        right_rows = partner_of_entries(
+            keys,
+            entries,
+            candidates.keys,
+            self.fragment.num_entries,
+            duplicates=self.spec.duplicates,
+            left_name=self.input_path,
+            right_name=f"friend {friend.name!r}",
+            right_origin=index.origin(candidates),
+        )
+        missing = right_rows < 0
+        if len(candidates):
+            picked = np.maximum(right_rows, 0)
+            file_positions = np.where(missing, -1, candidates.file_positions[picked])
+            friend_entries = np.where(missing, -1, candidates.entries[picked])
+        else:
+            file_positions, friend_entries = right_rows, right_rows
+        self.partners[friend.name] = _Partners(file_positions, friend_entries)
+        return self.partners[friend.name]
 
     def _append(
         self, rows: _Rows, side: SidePlan, friend: FriendSpec, columns: pa.Table, matched: npt.NDArray[np.bool_]

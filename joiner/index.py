@@ -29,6 +29,7 @@ from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_ord
 from joiner.merge import match_keys, sort_packed
 from joiner.sources import FileIdentity, StorageOptions, TableSource, open_source
 from joiner.spec import DuplicatePolicy, FileFormat, How
+from joiner.threads import thread_count
 
 INDEX_FORMAT_VERSION = 1
 _META_KEY = b"servicex_joiner.index"
@@ -193,7 +194,7 @@ def sort_order(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.int64]
     packer = KeyPacker(tuple(ranges))
     row_bits = max(int(n - 1).bit_length(), 1)
     if packer.total_bits + row_bits <= 64:
-        return sort_packed(packer.pack(keys), row_bits)[1]
+        return sort_packed(packer.pack(keys), row_bits, threads=thread_count())[1]
     if packer.fits:
         return np.argsort(packer.pack(keys), kind="stable").astype(np.int64)
     return lexicographic_order(keys).astype(np.int64)

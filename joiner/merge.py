@@ -10,6 +10,7 @@ passes over the sorted array. Nothing here reads files or touches columns other 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy.typing as npt
 from joiner.errors import DuplicateKeyError
 from joiner.keys import ColumnRange, KeyPacker, _offset_uint64, column_ranges, key_tuples, union_ranges
 from joiner.spec import DuplicatePolicy, How
-from joiner.threads import thread_pool
+from joiner.threads import thread_count, thread_pool
 
 IndexArray = npt.NDArray[np.int64]
 Keys = Sequence[npt.NDArray[np.integer]]
@@ -68,19 +69,72 @@ def _sort_both(left: Keys, right: Keys, ranges: list[ColumnRange]) -> _Sorted:
     return _Sorted(rows, equal)
 
 
-def sort_packed(packed: npt.NDArray[np.uint64], row_bits: int) -> tuple[npt.NDArray[np.uint64], IndexArray]:
+PARALLEL_SORT_ROWS = 1 << 20  # below this one thread sorts a side
+
+
+def is_sorted(packed: npt.NDArray[np.uint64]) -> bool:
+    """Whether packed keys are in non-decreasing order (a key index, a primary written in key order)."""
+    return len(packed) < 2 or bool(np.all(packed[1:] >= packed[:-1]))
+
+
+def sort_packed(
+    packed: npt.NDArray[np.uint64], row_bits: int, *, threads: int = 1
+) -> tuple[npt.NDArray[np.uint64], IndexArray]:
     """Sort one side by key with its row numbers riding in the low bits: keys and rows in key order.
 
-    Already sorted keys (a key index, a primary written in key order) skip the sort: one pass to check.
+    Already sorted keys skip the sort: one pass to check.
     """
-    if len(packed) < 2 or bool(np.all(packed[1:] >= packed[:-1])):
-        return packed, np.arange(len(packed), dtype=np.int64)
+    ordered = _sort_side(packed, row_bits, threads=threads, already_sorted=is_sorted(packed))
+    return ordered.keys, ordered.row_numbers()
+
+
+@dataclass(frozen=True)
+class _SortedSide:
+    """One side in key order: packed keys and the row of each (`None`: the side was sorted already)."""
+
+    keys: npt.NDArray[np.uint64]
+    rows: IndexArray | None
+
+    def rows_at(self, positions: IndexArray) -> IndexArray:
+        return positions if self.rows is None else self.rows[positions]
+
+    def row_numbers(self) -> IndexArray:
+        return np.arange(len(self.keys), dtype=np.int64) if self.rows is None else self.rows
+
+
+def _sort_side(packed: npt.NDArray[np.uint64], row_bits: int, *, threads: int, already_sorted: bool) -> _SortedSide:
+    """Sort with the row number in the low bits (ties keep row order), as plain uint64: numpy's fastest sort.
+
+    With `threads > 1` (the other side needs no sort) the side is cut into that many parts, sorted on the
+    pool's threads (numpy releases the GIL), and the sorted parts merged by a stable sort, which for a few
+    sorted runs is a linear merge (timsort).
+    """
+    if already_sorted:
+        return _SortedSide(packed, None)
     composite = packed << np.uint64(row_bits)
     composite |= np.arange(len(packed), dtype=np.uint64)
-    composite.sort()
+    parts = min(threads, len(packed) // PARALLEL_SORT_ROWS)
+    if parts > 1:
+        bounds = np.linspace(0, len(packed), parts + 1).astype(np.int64)
+        futures = [thread_pool().submit(composite[a:b].sort) for a, b in itertools.pairwise(bounds)]
+        for future in futures:
+            future.result()
+        composite.sort(kind="stable")
+    else:
+        composite.sort()
     rows = np.bitwise_and(composite, np.uint64((1 << row_bits) - 1)).view(np.int64)  # row < 2**63: same bits
     composite >>= np.uint64(row_bits)
-    return composite, rows
+    return _SortedSide(composite, rows)
+
+
+def _search_sorted(haystack: npt.NDArray[np.uint64], needles: npt.NDArray[np.uint64]) -> IndexArray:
+    """`np.searchsorted` of sorted needles, in parts on the pool's threads (it releases the GIL)."""
+    parts = min(thread_count(), len(needles) // PARALLEL_SORT_ROWS)
+    if parts < 2:
+        return np.searchsorted(haystack, needles).astype(np.int64, copy=False)
+    bounds = np.linspace(0, len(needles), parts + 1).astype(np.int64)
+    futures = [thread_pool().submit(np.searchsorted, haystack, needles[a:b]) for a, b in itertools.pairwise(bounds)]
+    return np.concatenate([f.result() for f in futures]).astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True)
@@ -92,19 +146,18 @@ class _Side:
     origin: OriginOf | None
 
 
-def _dedupe_side(
-    keys: npt.NDArray[np.uint64], rows: IndexArray, policy: DuplicatePolicy, side: _Side
-) -> tuple[npt.NDArray[np.uint64], IndexArray, IndexArray]:
+def _dedupe_side(side: _SortedSide, policy: DuplicatePolicy, names: _Side) -> tuple[_SortedSide, IndexArray]:
     """Refuse or drop repeated keys of one sorted side (ties are in row order: the first row is kept)."""
-    repeats = np.flatnonzero(keys[1:] == keys[:-1]) + 1
+    repeats = np.flatnonzero(side.keys[1:] == side.keys[:-1]) + 1
     if not len(repeats):
-        return keys, rows, np.zeros(0, dtype=np.int64)
+        return side, np.zeros(0, dtype=np.int64)
     if policy is DuplicatePolicy.ERROR:
-        involved = np.union1d(rows[repeats], rows[repeats - 1]).astype(np.int64)
-        _raise_duplicates(side.name, side.keys, involved, len(repeats), side.origin)
-    keep = np.ones(len(keys), dtype=bool)
+        involved = np.union1d(side.rows_at(repeats), side.rows_at(repeats - 1)).astype(np.int64)
+        _raise_duplicates(names.name, names.keys, involved, len(repeats), names.origin)
+    keep = np.ones(len(side.keys), dtype=bool)
     keep[repeats] = False
-    return keys[keep], rows[keep], np.sort(rows[repeats])
+    kept = _SortedSide(side.keys[keep], side.row_numbers()[keep])
+    return kept, np.sort(side.rows_at(repeats))
 
 
 def _pairs_packed(
@@ -115,19 +168,27 @@ def _pairs_packed(
     sides: tuple[_Side, _Side],
 ) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
     """The fast path: each side sorted as plain uint64 (SIMD), then a search of sorted keys in sorted keys."""
-    # the two sorts are independent and numpy releases the GIL while sorting: one thread each
-    right_sorted = thread_pool().submit(sort_packed, right, row_bits)
-    left_keys, left_rows = sort_packed(left, row_bits)
-    right_keys, right_rows = right_sorted.result()
-    left_keys, left_rows, dropped_left = _dedupe_side(left_keys, left_rows, policy, sides[0])
-    right_keys, right_rows, dropped_right = _dedupe_side(right_keys, right_rows, policy, sides[1])
-    if not len(left_keys) or not len(right_keys):
+    left_sorted, right_sorted = is_sorted(left), is_sorted(right)
+    if left_sorted or right_sorted:
+        # at most one side needs a sort: it gets every thread
+        threads = thread_count()
+        left_side = _sort_side(left, row_bits, threads=threads, already_sorted=left_sorted)
+        right_side = _sort_side(right, row_bits, threads=threads, already_sorted=right_sorted)
+    else:
+        # two independent sorts, and numpy releases the GIL while sorting: one thread each
+        pending = thread_pool().submit(_sort_side, right, row_bits, threads=1, already_sorted=False)
+        left_side = _sort_side(left, row_bits, threads=1, already_sorted=False)
+        right_side = pending.result()
+    left_side, dropped_left = _dedupe_side(left_side, policy, sides[0])
+    right_side, dropped_right = _dedupe_side(right_side, policy, sides[1])
+    if not len(left_side.keys) or not len(right_side.keys):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, dropped_left, dropped_right
-    position = np.searchsorted(right_keys, left_keys)
-    np.minimum(position, len(right_keys) - 1, out=position)
-    hit = right_keys[position] == left_keys
-    return left_rows[hit], right_rows[position[hit]], dropped_left, dropped_right
+    position = _search_sorted(right_side.keys, left_side.keys)
+    np.minimum(position, len(right_side.keys) - 1, out=position)
+    hit = right_side.keys[position] == left_side.keys
+    hit_positions = np.flatnonzero(hit).astype(np.int64)
+    return left_side.rows_at(hit_positions), right_side.rows_at(position[hit]), dropped_left, dropped_right
 
 
 def _pairs_general(
@@ -230,7 +291,8 @@ def match_keys(
     if how is How.LEFT and not len(dropped_left):
         return Match(np.arange(n_left, dtype=np.int64), partner_of_left)
     if how is How.INNER and not len(dropped_left):
-        return Match(np.sort(matched_left), partner_of_left[np.sort(matched_left)])
+        rows_left = np.flatnonzero(partner_of_left >= 0).astype(np.int64)  # left order, without a sort
+        return Match(rows_left, partner_of_left[rows_left])
     partner_of_right = np.full(n_right, -1, dtype=np.int64)
     partner_of_right[matched_right] = matched_left
 
@@ -251,6 +313,39 @@ def match_keys(
         np.concatenate([left_all, np.full(len(only_right), -1, dtype=np.int64)]),
         np.concatenate([partner_of_left[left_all], only_right]),
     )
+
+
+def partner_of_entries(
+    left: Keys,
+    left_entries: IndexArray,
+    right: Keys,
+    num_entries: int,
+    *,
+    duplicates: DuplicatePolicy = DuplicatePolicy.ERROR,
+    left_name: str = "left",
+    right_name: str = "right",
+    right_origin: OriginOf | None = None,
+) -> IndexArray:
+    """For every entry of a file, the row of `right` with its key (-1: none), from the file's key index.
+
+    `left` holds the file's keys in its index order (sorted: no sort is needed) and `left_entries` the entry
+    of each; entries that are not listed (dropped duplicates) get -1. This is how a whole file is matched at
+    once, so that each chunk only looks its entries up.
+    """
+    match = match_keys(
+        left,
+        right,
+        How.LEFT,
+        duplicates=duplicates,
+        left_name=left_name,
+        right_name=right_name,
+        right_origin=right_origin,
+    )
+    partner = np.full(num_entries, -1, dtype=np.int64)
+    # a left join lists every left row in order unless duplicates were dropped
+    listed = left_entries if len(match.left_rows) == len(left_entries) else left_entries[match.left_rows]
+    partner[listed] = match.right_rows
+    return partner
 
 
 def _duplicate_rows(order: _Sorted, dup_positions: npt.NDArray[np.int64], n_left: int, left: bool) -> IndexArray:

@@ -128,3 +128,44 @@ def test_large_random_join_matches_searchsorted() -> None:
     assert len(match) == len(rows)
     assert (left[2][match.left_rows] == right[2][match.right_rows]).all()
     assert (np.diff(match.left_rows) > 0).all()
+
+
+@pytest.mark.parametrize("right_sorted", [True, False])
+@pytest.mark.parametrize("how", [How.INNER, How.LEFT, How.OUTER])
+def test_large_sides_sorted_on_threads_match_like_a_dictionary(right_sorted, how) -> None:
+    # above PARALLEL_SORT_ROWS one side is sorted in parts on threads and merged; the result must not change
+    rng = np.random.default_rng(7)
+    n = (1 << 20) * 3
+    lumi = (np.arange(n) // 1000).astype(np.uint32)
+    event = rng.permutation(n).astype(np.uint64)
+    left = [np.ones(n, np.uint32), lumi, event]
+    right_rows = rng.permutation(n)[: n * 9 // 10]
+    if right_sorted:
+        right_rows = np.sort(right_rows)  # lumi ascending, events shuffled: not in key order either...
+        order = np.lexsort((event[right_rows], lumi[right_rows]))
+        right_rows = right_rows[order]  # ...until sorted by key, like a key index
+    right = [c[right_rows] for c in left]
+    match = match_keys(left, right, how)
+    position_in_right = np.full(n, -1, dtype=np.int64)
+    position_in_right[right_rows] = np.arange(len(right_rows))
+    expected_left = np.arange(n) if how is not How.INNER else np.flatnonzero(position_in_right >= 0)
+    assert np.array_equal(match.left_rows[: len(expected_left)], expected_left)
+    assert np.array_equal(match.right_rows[: len(expected_left)], position_in_right[expected_left])
+    assert len(match) == len(expected_left)  # outer: every right key is also on the left
+
+
+def test_partner_of_entries_maps_a_sorted_key_index_to_entries() -> None:
+    from joiner.index import sort_order
+    from joiner.merge import partner_of_entries
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    keys = [np.ones(n, np.uint32), np.zeros(n, np.uint32), rng.permutation(n).astype(np.uint64) * 3]
+    entries = sort_order(keys)
+    index_keys = [k[entries] for k in keys]
+    right = [k[::2] for k in index_keys]  # every other key, sorted
+    partner = partner_of_entries(index_keys, entries, right, n)
+    for entry in range(0, n, 97):
+        row = int(partner[entry])
+        found = [r for r in range(len(right[0])) if right[2][r] == keys[2][entry]]
+        assert row == (found[0] if found else -1)
