@@ -105,7 +105,7 @@ def prepare(data: Path, files: int, events: int) -> Path:
     return path
 
 
-def run_join(spec: Path, out: Path, s3_pid: int) -> tuple[float, float, float]:
+def run_join(spec: Path, out: Path, s3_pid: int, env: dict[str, str]) -> tuple[float, float, float]:
     """`servicex-joiner join --workers 1`: (wall seconds, CPU seconds, S3 server CPU seconds meanwhile)."""
     s3_cpu0 = _tree_cpu(s3_pid)
     cpu0, t0 = _children_cpu(), time.perf_counter()
@@ -128,6 +128,7 @@ def run_join(spec: Path, out: Path, s3_pid: int) -> tuple[float, float, float]:
         check=True,
         cwd=REPO,
         capture_output=True,
+        env={**os.environ, **env},
     )
     return time.perf_counter() - t0, _children_cpu() - cpu0, _tree_cpu(s3_pid) - s3_cpu0
 
@@ -190,7 +191,12 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="JOINER_THREADS for the join command and every worker (default: all cores each); "
+                             "1 is what a transformer pod limited to one CPU runs")
+    parser.add_argument("--no-result-cache", action="store_true", help="JOINER_RESULT_CACHE=false for the workers")
     args = parser.parse_args()
+    settings = {} if args.threads is None else {"JOINER_THREADS": str(args.threads)}
     spec = prepare(Path(args.data), args.files, args.events)
     inputs = [Path(args.data) / f"nano_{i}.root" for i in range(args.files)]
     events = args.files * args.events
@@ -204,10 +210,12 @@ def main() -> int:
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
         ratios: list[tuple[float, float, float]] = []
         try:
-            s3_env = {**server.env()}
+            s3_env = {**server.env(), **settings}
+            if args.no_result_cache:
+                s3_env["JOINER_RESULT_CACHE"] = "false"
             for repeat in range(args.repeats):
                 s3_pid = server.process.pid
-                join = run_join(spec, work / f"join-out-{repeat}", s3_pid)
+                join = run_join(spec, work / f"join-out-{repeat}", s3_pid, settings)
                 one = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
                 two = run_workers(2, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
                 local = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid,
@@ -223,7 +231,8 @@ def main() -> int:
             recorder.close()
             stop_seaweedfs(server)
     print(f"{args.files} files x {args.events} events, LZMA, aligned + reordered friend; {events} events; "
-          f"medians of {args.repeats} interleaved repeats")
+          f"medians of {args.repeats} interleaved repeats; JOINER_THREADS={args.threads or 'all cores'}, "
+          f"result cache {'off' if args.no_result_cache else 'on'}")
     print(f"{'run':40s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'CPU us/event':>13s} {'S3 srv CPU s':>13s}")
     for name in names:
         wall = statistics.median(w for w, _, _ in runs[name])
