@@ -31,6 +31,8 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
 _BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
 _USER_META_PREFIX = "x-amz-meta-"
+# results up to this size go up in one PUT; larger ones in parts of this size (three in flight: ~96 MB held)
+SINGLE_PUT_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,9 @@ class S3Store:
         """
         self.ensure_bucket(bucket)
         try:
-            self.client.fput_object(bucket, name, str(path))
+            # one PUT up to SINGLE_PUT_BYTES: a multipart upload of a typical output costs the server
+            # more work (parts, then their assembly) and the client more round trips
+            self.client.fput_object(bucket, name, str(path), part_size=SINGLE_PUT_BYTES)
         except _NETWORK_ERRORS as error:
             raise StorageError(f"upload of {path} failed: {error}", bucket=bucket, name=name) from error
         size = self.size(bucket, name)
