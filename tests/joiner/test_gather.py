@@ -26,3 +26,24 @@ def test_take_rows_equals_arrow_take(chunks, data, large) -> None:
     assert got.column("jagged").to_pylist() == expected.column("jagged").to_pylist()
     assert got.column("flat").to_pylist() == expected.column("flat").to_pylist()
     assert got.schema == table.schema
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.lists(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), min_size=1, max_size=12), min_size=1,
+             max_size=3),
+    st.integers(0, 3),
+    st.data(),
+)
+def test_numeric_columns_with_nulls_and_offsets_keep_their_values_and_nulls(chunks, cut, data) -> None:
+    # a column that has nulls of its own, several chunks, and a sliced (offset) first chunk
+    arrays = [pa.array(c, type=pa.int64()) for c in chunks]
+    arrays[0] = arrays[0].slice(min(cut, len(arrays[0]) - 1))
+    table = pa.table({"x": pa.chunked_array(arrays, type=pa.int64()),
+                      "y": pa.chunked_array([a.cast(pa.float64()) for a in arrays])})
+    index = np.array(data.draw(st.lists(st.integers(-1, table.num_rows - 1), max_size=30)), dtype=np.int64)
+    got = take_rows(table, index)
+    expected = table.take(pa.array(index, mask=index < 0))
+    assert got.column("x").to_pylist() == expected.column("x").to_pylist()
+    assert got.column("y").to_pylist() == expected.column("y").to_pylist()
+    assert got.column("x").null_count == expected.column("x").null_count
