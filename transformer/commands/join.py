@@ -228,13 +228,17 @@ class _TaskContext:
     output_format: OutputFormat
     chunk_entries: int | None
     triton_url: str | None
+    threads: int  # engine threads per worker process: the cores shared out, unless JOINER_THREADS says
 
 
 _WORKER_CONTEXT: dict[str, _TaskContext] = {}  # filled once in each worker process by its initializer
 
 
 def _install_context(context: _TaskContext) -> None:
+    from joiner.threads import THREADS_VARIABLE
+
     _WORKER_CONTEXT["join"] = context
+    os.environ.setdefault(THREADS_VARIABLE, str(context.threads))  # before this process makes its pool
 
 
 def _run_in_worker(task: Task) -> Outcome:
@@ -266,7 +270,10 @@ def _execute(
                 outcomes.append(run_task(spec, task, indexes, output_format, chunk_entries, triton_url))
                 bar.advance(job)
             return outcomes
-        context = _TaskContext(spec, indexes, output_format, chunk_entries, triton_url)
+        from joiner.threads import thread_count
+
+        threads = max(1, thread_count() // workers)
+        context = _TaskContext(spec, indexes, output_format, chunk_entries, triton_url, threads)
         # the context (key indexes: tens of MB) goes to each worker process once, not with every task
         with ProcessPoolExecutor(max_workers=workers, initializer=_install_context, initargs=(context,)) as pool:
             futures: list[Future[Outcome]] = [pool.submit(_run_in_worker, task) for task in tasks]
