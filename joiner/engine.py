@@ -267,7 +267,8 @@ class _FileJoin:
         self.inputs: list[dict[str, Any]] = []
         self.paths_taken: dict[str, set[str]] = {}
         self.partners: dict[str, _Partners] = {}
-        self.fragment: KeyFragment | None = None
+        self.fragment: KeyFragment | None = None  # the primary file's sorted keys, while a merge may need them
+        self.primary_source: TableSource | None = None
         self.drop: npt.NDArray[np.bool_] | None = None
 
     # -- set-up -------------------------------------------------------------------------------------
@@ -402,11 +403,13 @@ class _FileJoin:
         plan = make_plan(self.spec, source, [pool.source(0) for pool in pools])
         fragment = self._own_fragment(source, "primary")
         drop = self._own_duplicates(fragment, self.input_path)
-        self.fragment, self.drop = fragment, drop
         aligned = [
             index.aligned_fragment(fragment.num_entries, fragment.first_key, fragment.last_key)
             for index in friend_indexes
         ]
+        # the sorted keys stay only if a friend needs a merge: an aligned join keeps nothing per entry
+        self.fragment = fragment if any(position is None for position in aligned) else None
+        self.primary_source, self.drop = source, drop
         self.counts.add_time("index", mark)
         for friend in self.spec.friends:
             self.counts.matched.setdefault(friend.name, 0)
@@ -500,7 +503,9 @@ class _FileJoin:
         """This file's matches in one friend, found on first need (an aligned friend never needs them)."""
         if friend.name in self.partners:
             return self.partners[friend.name]
-        assert self.fragment is not None  # set by _primary_chunks before any chunk is joined
+        if self.fragment is None:  # a friend that looked aligned is not, after all: read the keys again
+            assert self.primary_source is not None  # set by _primary_chunks before any chunk is joined
+            self.fragment = self._own_fragment(self.primary_source, "primary")
         keys, entries = self.fragment.keys, self.fragment.entries
         if self.drop is not None:
             kept = ~self.drop[entries]
