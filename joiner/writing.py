@@ -34,6 +34,15 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary encoding: flat integers and booleans (keys, counters, flags repeat).
+
+    Measured floats (momenta, weights, scores) almost never repeat: a dictionary for them is built and
+    then abandoned for every page, which costs about a fifth of the write time and makes files larger.
+    """
+    return [field.name for field in schema if pa.types.is_integer(field.type) or pa.types.is_boolean(field.type)]
+
+
 class ParquetSink:
     """Parquet with zstd compression; the join metadata goes into the file's key-value metadata."""
 
@@ -42,7 +51,9 @@ class ParquetSink:
         self._tmp = _temporary(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._schema = schema
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(
+            self._tmp, schema, compression="zstd", use_dictionary=dictionary_columns(schema)
+        )
         self._runs = runs
         self._rows = 0
 
