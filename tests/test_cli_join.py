@@ -136,3 +136,18 @@ def test_demo_runs_on_generated_data(tmp_path: Path) -> None:
     joined = ak.concatenate([ak.from_parquet(o) for o in outputs])
     assert len(joined) == 4000
     assert 0.85 < ak.mean(joined.jetsf_matched) < 0.95
+
+
+def test_worker_processes_share_the_cores_unless_threads_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # each `join --workers N` process makes its engine pool after its initializer ran: its share of cores
+    from joiner.threads import THREADS_VARIABLE, thread_count
+    from transformer.commands.join import _install_context, _TaskContext
+
+    context = _TaskContext(None, {}, None, None, None, threads=1)  # type: ignore[arg-type]
+    monkeypatch.setenv(THREADS_VARIABLE, "")  # recorded, so that the value set below is undone afterwards
+    monkeypatch.delenv(THREADS_VARIABLE)
+    _install_context(context)
+    assert thread_count() == 1
+    monkeypatch.setenv(THREADS_VARIABLE, "3")  # the user's setting wins
+    _install_context(context)
+    assert thread_count() == 3
