@@ -11,11 +11,16 @@ race produce identical bytes. The format carries a version: a new version never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import random
-from collections.abc import Callable, Sequence
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -308,22 +313,111 @@ def load_fragment(
     storage_options: StorageOptions | None = None,
 ) -> KeyFragment:
     """The fragment of one file: from the store when cached under its content address, else built."""
-    source = open_source(path, tree=tree, file_format=file_format, storage_options=storage_options)
-    identity = source.identity()
-    name = fragment_name(identity, source.tree, key_columns)
-    if store is not None:
-        data = store.get(name)
-        if data is not None:
-            try:
-                fragment = KeyFragment.from_bytes(data)
-            except ValueError:
-                fragment = None  # an older or damaged object: rebuild and overwrite
-            if fragment is not None and fragment.identity == identity:
+    job = _FragmentJob.open(path, tree, key_columns, file_format, storage_options)
+    return job.cached(store) or job.build(store)
+
+
+LEASE_SECONDS = 120.0  # a lease older than this is a builder that died: build the fragment anyway
+LEASE_POLL_SECONDS = 0.2
+_LEASE_TOKEN = secrets.token_hex(4)
+
+
+def _held_by_another(lease: bytes) -> bool:
+    """Whether a lease object is another live builder's: recent, not failed, not this process's own."""
+    try:
+        document = json.loads(lease)
+        age = time.time() - float(document["time"])
+        owner, failed = document.get("owner"), bool(document.get("failed", False))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False  # unreadable: nobody's
+    return 0 <= age < LEASE_SECONDS and not failed and owner != _owner()
+
+
+def _owner() -> str:
+    """This process's name on its leases (a forked child is another owner: its pid differs)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_LEASE_TOKEN}"
+
+
+@dataclass(frozen=True)
+class _FragmentJob:
+    """One file's fragment to find or build: the open source and the fragment's content address."""
+
+    source: TableSource
+    key_columns: Sequence[str]
+    name: str
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        tree: str,
+        key_columns: Sequence[str],
+        file_format: FileFormat | None,
+        storage_options: StorageOptions | None,
+    ) -> _FragmentJob:
+        source = open_source(path, tree=tree, file_format=file_format, storage_options=storage_options)
+        return cls(source, key_columns, fragment_name(source.identity(), source.tree, key_columns))
+
+    def cached(self, store: FragmentStore | None) -> KeyFragment | None:
+        if store is None:
+            return None
+        data = store.get(self.name)
+        if data is None:
+            return None
+        try:
+            fragment = KeyFragment.from_bytes(data)
+        except ValueError:
+            return None  # an older or damaged object: rebuild and overwrite
+        return fragment if fragment.identity == self.source.identity() else None
+
+    def build(self, store: FragmentStore | None) -> KeyFragment:
+        try:
+            fragment = build_fragment(self.source, self.key_columns)
+        except BaseException:
+            # others waiting on this lease build (and report) it themselves instead of waiting it out
+            self._write_lease(store, failed=True)
+            raise
+        if store is not None:
+            store.put(self.name, fragment.to_bytes())
+        return fragment
+
+    def _write_lease(self, store: FragmentStore | None, *, failed: bool = False) -> None:
+        if store is not None:
+            lease = {"time": time.time(), "owner": _owner(), "failed": failed}
+            store.put(self.name + ".lease", json.dumps(lease).encode())
+
+    def take_lease(self, store: FragmentStore | None) -> bool:
+        """Announce that this process builds the fragment, unless another one announced it recently.
+
+        A lease is a small object beside the fragment. Two builders that race past each other's lease both
+        build (identical bytes); a builder that dies leaves a lease that goes stale after LEASE_SECONDS.
+        """
+        if store is None:
+            return True
+        data = store.get(self.name + ".lease")
+        if data is not None and _held_by_another(data):
+            return False
+        self._write_lease(store)
+        return True
+
+    def await_or_build(self, store: FragmentStore | None) -> KeyFragment:
+        """The fragment another process is building: wait for it, or build it once its lease is stale."""
+        while True:
+            fragment = self.cached(store)
+            if fragment is not None:
                 return fragment
-    fragment = build_fragment(source, key_columns)
-    if store is not None:
-        store.put(name, fragment.to_bytes())
-    return fragment
+            if self.take_lease(store):
+                return self.build(store)
+            time.sleep(LEASE_POLL_SECONDS)
+
+
+@contextlib.contextmanager
+def _naming_the_dataset(name: str) -> Iterator[None]:
+    """An unreadable file of a friend dataset: the error names the dataset too."""
+    try:
+        yield
+    except InputFileError as error:
+        raise InputFileError(f"friend dataset {name!r}: {error}", path=error.path, tree=error.tree) from None
 
 
 def build_dataset_index(
@@ -337,20 +431,28 @@ def build_dataset_index(
     storage_options: StorageOptions | None = None,
     shuffle_seed: int | None = None,
 ) -> DatasetIndex:
-    """Fragments of every file. Built in a shuffled order so that workers starting together share the work."""
+    """Fragments of every file, shared out among workers that build the same dataset at the same time.
+
+    Files are visited in a shuffled order; a fragment that is cached is loaded, one that another worker
+    holds a lease on is left for the end, and the others are leased and built. At the end the left-over
+    fragments are awaited (or built, if their builder's lease went stale). N workers starting together on a
+    new dataset thus read its friend keys about once in all, not N times.
+    """
     order = list(range(len(paths)))
     random.Random(shuffle_seed).shuffle(order)
     fragments: dict[int, KeyFragment] = {}
+    leased_elsewhere: list[tuple[int, _FragmentJob]] = []
     for position in order:
-        try:
-            fragments[position] = load_fragment(
-                paths[position],
-                tree=tree,
-                key_columns=key_columns,
-                file_format=file_format,
-                store=store,
-                storage_options=storage_options,
-            )
-        except InputFileError as error:
-            raise InputFileError(f"friend dataset {name!r}: {error}", path=error.path, tree=error.tree) from None
+        with _naming_the_dataset(name):
+            job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
+            fragment = job.cached(store)
+            if fragment is None:
+                if not job.take_lease(store):
+                    leased_elsewhere.append((position, job))
+                    continue
+                fragment = job.build(store)
+            fragments[position] = fragment
+    for position, job in leased_elsewhere:
+        with _naming_the_dataset(name):
+            fragments[position] = job.await_or_build(store)
     return DatasetIndex(name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree)

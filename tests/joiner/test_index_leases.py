@@ -1,0 +1,99 @@
+"""Workers building one dataset's key index at the same time share the work through leases in the store.
+
+Another builder is played by lease objects written as another process would write them (a real second
+process could not be made to hold its lease at a chosen moment); the fragments are real, from real files.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from joiner import index as index_module
+from joiner.index import LEASE_SECONDS, build_dataset_index, build_fragment, fragment_name
+from joiner.sources import open_source
+from tests.joiner import friends
+from transformer.commands.local_cache import LocalFragmentStore
+
+KEYS = ["run", "luminosityBlock", "event"]
+
+
+@pytest.fixture
+def dataset(nano_dy: Path, tmp_path: Path) -> list[str]:
+    return [str(p) for p in friends.regrouped([nano_dy], tmp_path / "friends", n_files=3)]
+
+
+def _name(path: str) -> str:
+    source = open_source(path, tree="Friends")
+    return fragment_name(source.identity(), source.tree, KEYS)
+
+
+def _lease(store: LocalFragmentStore, path: str, *, age: float = 0.0, failed: bool = False) -> None:
+    lease = {"time": time.time() - age, "owner": "another-host:1:feedbeef", "failed": failed}
+    store.put(_name(path) + ".lease", json.dumps(lease).encode())
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    built: list[str] = []
+
+    def counting(source, key_columns, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(source.path)
+        return build_fragment(source, key_columns, **kwargs)
+
+    monkeypatch.setattr(index_module, "build_fragment", counting)
+    return built
+
+
+def _index(dataset: list[str], store: LocalFragmentStore):  # type: ignore[no-untyped-def]
+    return build_dataset_index("sys", dataset, tree="Friends", key_columns=KEYS, store=store)
+
+
+def test_a_fragment_another_worker_builds_is_awaited_not_built_again(
+    dataset: list[str], tmp_path: Path, builds: list[str]
+) -> None:
+    store = LocalFragmentStore(tmp_path / "cache")
+    busy = dataset[1]
+    _lease(store, busy)
+    fragment = build_fragment(open_source(busy, tree="Friends"), KEYS)
+    other = threading.Timer(0.6, lambda: store.put(_name(busy), fragment.to_bytes()))  # the other worker ends
+    other.start()
+    try:
+        index = _index(dataset, store)
+    finally:
+        other.join()
+    assert sorted(builds) == sorted(p for p in dataset if p != busy)
+    assert index.fragments[1].num_entries == fragment.num_entries
+    assert index.paths == dataset
+
+
+@pytest.mark.parametrize("lease", ["stale", "failed", "own"])
+def test_a_dead_failed_or_own_lease_does_not_hold_the_build_up(
+    dataset: list[str], tmp_path: Path, builds: list[str], lease: str
+) -> None:
+    store = LocalFragmentStore(tmp_path / "cache")
+    for path in dataset:
+        if lease == "stale":
+            _lease(store, path, age=LEASE_SECONDS + 1)
+        elif lease == "failed":
+            _lease(store, path, failed=True)
+        else:  # this process's own lease, e.g. from an attempt that hit a transient error: retried at once
+            own = {"time": time.time(), "owner": index_module._owner()}
+            store.put(_name(path) + ".lease", json.dumps(own).encode())
+    started = time.monotonic()
+    index = _index(dataset, store)
+    assert time.monotonic() - started < LEASE_SECONDS / 4
+    assert sorted(builds) == sorted(dataset)
+    assert len(index.fragments) == len(dataset)
+
+
+def test_a_second_worker_finds_every_fragment_cached(dataset: list[str], tmp_path: Path, builds: list[str]) -> None:
+    store = LocalFragmentStore(tmp_path / "cache")
+    _index(dataset, store)
+    builds.clear()
+    _index(dataset, store)
+    assert builds == []
