@@ -185,6 +185,8 @@ def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
     """`table` rows at `index` (-1: a null row). Columns are copied in parallel threads; lists by awkward's
     compaction kernel (faster than Arrow's take), large ones in one piece per thread."""
     missing = index < 0
+    if table.num_rows == 0 and bool(missing.all()):  # nothing to take from: every row is missing
+        return pa.Table.from_arrays([pa.nulls(len(index), type=f.type) for f in table.schema], schema=table.schema)
     any_missing = bool(missing.any())
     arrow_index = pa.array(index, mask=missing) if any_missing else pa.array(index)
     pool = thread_pool()

@@ -47,3 +47,13 @@ def test_numeric_columns_with_nulls_and_offsets_keep_their_values_and_nulls(chun
     assert got.column("x").to_pylist() == expected.column("x").to_pylist()
     assert got.column("y").to_pylist() == expected.column("y").to_pylist()
     assert got.column("x").null_count == expected.column("x").null_count
+
+
+def test_rows_of_an_empty_table_are_all_null() -> None:
+    # a chunk whose friend rows are all missing gathers from an empty table
+    list_type = pa.list_(pa.field("item", pa.float32(), nullable=False))
+    table = pa.table({"x": pa.array([], pa.float32()), "n": pa.array([], pa.int32()),
+                      "v": pa.array([], list_type)})
+    got = take_rows(table, np.full(3, -1, dtype=np.int64))
+    assert got.num_rows == 3 and all(got.column(c).null_count == 3 for c in table.column_names)
+    assert got.schema == table.schema
