@@ -441,18 +441,19 @@ def build_dataset_index(
     order = list(range(len(paths)))
     random.Random(shuffle_seed).shuffle(order)
     fragments: dict[int, KeyFragment] = {}
-    leased_elsewhere: list[tuple[int, _FragmentJob]] = []
+    leased_elsewhere: list[int] = []  # positions only: a dataset may have more files than may be open at once
     for position in order:
         with _naming_the_dataset(name):
             job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
             fragment = job.cached(store)
             if fragment is None:
                 if not job.take_lease(store):
-                    leased_elsewhere.append((position, job))
+                    leased_elsewhere.append(position)
                     continue
                 fragment = job.build(store)
             fragments[position] = fragment
-    for position, job in leased_elsewhere:
+    for position in leased_elsewhere:
         with _naming_the_dataset(name):
+            job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
             fragments[position] = job.await_or_build(store)
     return DatasetIndex(name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree)
