@@ -100,7 +100,7 @@ def bench_kernels(n: int, repeats: int) -> None:
     import duckdb
     import polars as pl
 
-    from joiner.gather import take_rows
+    from joiner.gather import take_rows, take_rows_many
     from joiner.index import sort_order
     from joiner.merge import keys_equal, match_keys, partner_of_entries
     from joiner.spec import How
@@ -131,8 +131,8 @@ def bench_kernels(n: int, repeats: int) -> None:
 
     def ours(keys: list[np.ndarray], body: pa.Table, how: How) -> pa.Table:
         match = match_keys(left_keys, keys, how)
-        gathered = take_rows(body, match.right_rows)
-        kept = take_rows(left, match.left_rows) if how is How.INNER else left
+        # both sides' rows copied together, as joiner.join does (a left join's left side is not copied)
+        kept, gathered = take_rows_many([(left, match.left_rows), (body, match.right_rows)])
         for name in gathered.column_names:
             kept = kept.append_column(name, gathered.column(name))
         return kept

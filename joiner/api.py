@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from joiner.errors import MissingColumnError, SchemaError, SpecError
+from joiner.gather import take_rows_many
 from joiner.integrity import verify_keys
 from joiner.keys import validate_key_array
 from joiner.merge import match_keys
@@ -59,13 +60,6 @@ def _keys_of(table: pa.Table, names: Sequence[str], what: str) -> list[npt.NDArr
             raise SpecError(f"key column {name!r} of {what} holds nulls")
         result.append(validate_key_array(name, column.to_numpy(), where=what))
     return result
-
-
-def _take(table: pa.Table, rows: npt.NDArray[np.int64]) -> pa.Table:
-    missing = rows < 0
-    if missing.any():
-        return table.take(pa.array(rows, mask=missing))
-    return table.take(pa.array(rows))
 
 
 def _combine_keys(
@@ -172,8 +166,8 @@ def join(
             [pa.array(k).cast(key_table.schema.field(n).type) for k, n in zip(result_keys, names, strict=True)],
             names=names,
         )
-        body = _take(body, match.left_rows)
-        gathered = _take(friend_body, match.right_rows).rename_columns(renamed)
+        body, gathered = take_rows_many([(body, match.left_rows), (friend_body, match.right_rows)])
+        gathered = gathered.rename_columns(renamed)
         for column_name in gathered.column_names:
             body = body.append_column(column_name, gathered.column(column_name))
         body = body.append_column(f"{friend_name}_matched", pa.array(match.right_rows >= 0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,9 +184,24 @@ PARALLEL_ROWS = 1 << 20  # below this a list column is copied in one piece
 def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
     """`table` rows at `index` (-1: a null row). Columns are copied in parallel threads; lists by awkward's
     compaction kernel (faster than Arrow's take), large ones in one piece per thread."""
+    return take_rows_many([(table, index)])[0]
+
+
+def take_rows_many(requests: Sequence[tuple[pa.Table, npt.NDArray[np.int64]]]) -> list[pa.Table]:
+    """`take_rows` of several tables at once: all their columns share the pool's threads, so that a long
+    column of one table (a jagged one) overlaps the others' instead of leaving threads idle in between."""
+    collectors = [_submit_take(table, index) for table, index in requests]
+    return [collect() for collect in collectors]
+
+
+def _submit_take(table: pa.Table, index: npt.NDArray[np.int64]) -> Callable[[], pa.Table]:
+    """Start copying `table`'s rows at `index` on the pool; the returned function waits for the table."""
+    if _is_identity(index, table.num_rows):  # every row in order (a left join's left side): no copy
+        return lambda: table
     missing = index < 0
     if table.num_rows == 0 and bool(missing.all()):  # nothing to take from: every row is missing
-        return pa.Table.from_arrays([pa.nulls(len(index), type=f.type) for f in table.schema], schema=table.schema)
+        nulls = pa.Table.from_arrays([pa.nulls(len(index), type=f.type) for f in table.schema], schema=table.schema)
+        return lambda: nulls
     any_missing = bool(missing.any())
     arrow_index = pa.array(index, mask=missing) if any_missing else pa.array(index)
     pool = thread_pool()
@@ -213,14 +228,25 @@ def take_rows(table: pa.Table, index: npt.NDArray[np.int64]) -> pa.Table:
             pending.append([pool.submit(_take_fixed_width, column, index, missing)])
         else:
             pending.append([pool.submit(column.take, arrow_index)])
-    columns = []
-    for futures in pending:
-        pieces = [f.result() for f in futures]
-        if len(pieces) == 1 and isinstance(pieces[0], pa.ChunkedArray):
-            columns.append(pieces[0])
-        else:
-            columns.append(pa.chunked_array(pieces))
-    return pa.Table.from_arrays(columns, schema=table.schema)
+
+    def collect() -> pa.Table:
+        columns = []
+        for futures in pending:
+            pieces = [f.result() for f in futures]
+            if len(pieces) == 1 and isinstance(pieces[0], pa.ChunkedArray):
+                columns.append(pieces[0])
+            else:
+                columns.append(pa.chunked_array(pieces))
+        return pa.Table.from_arrays(columns, schema=table.schema)
+
+    return collect
+
+
+def _is_identity(index: npt.NDArray[np.int64], rows: int) -> bool:
+    """Whether `index` is 0, 1, ..., rows - 1: strictly increasing, from 0, `rows` long."""
+    if len(index) != rows:
+        return False
+    return rows == 0 or (int(index[0]) == 0 and int(index[-1]) == rows - 1 and bool(np.all(index[1:] > index[:-1])))
 
 
 def _is_fixed_width(data_type: pa.DataType) -> bool:

@@ -57,3 +57,18 @@ def test_rows_of_an_empty_table_are_all_null() -> None:
     got = take_rows(table, np.full(3, -1, dtype=np.int64))
     assert got.num_rows == 3 and all(got.column(c).null_count == 3 for c in table.column_names)
     assert got.schema == table.schema
+
+
+def test_several_tables_taken_together_equal_each_taken_alone() -> None:
+    from joiner.gather import take_rows_many
+
+    list_type = pa.list_(pa.field("item", pa.float32(), nullable=False))
+    left = pa.table({"a": pa.array(np.arange(6, dtype=np.int32)),
+                     "v": pa.array([[1.0], [], [2.0, 3.0], [4.0], [], [5.0]], list_type)})
+    right = pa.table({"b": pa.array(np.linspace(0, 1, 4, dtype=np.float32))})
+    rows_left, rows_right = np.array([5, 0, 2], dtype=np.int64), np.array([3, -1, 0], dtype=np.int64)
+    got_left, got_right = take_rows_many([(left, rows_left), (right, rows_right)])
+    assert got_left.equals(take_rows(left, rows_left)) and got_right.equals(take_rows(right, rows_right))
+    assert got_right.column("b").to_pylist() == [1.0, None, 0.0]
+    identity = take_rows_many([(left, np.arange(6, dtype=np.int64))])[0]
+    assert identity is left  # every row in order: nothing is copied
