@@ -21,6 +21,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -338,6 +339,36 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_LEASE_TOKEN}"
 
 
+class _Writes:
+    """Store writes (fragments, leases) sent on background threads while the next fragment is built.
+
+    A store round trip costs milliseconds against S3; done inline they add up over a dataset's files.
+    `wait` returns once every write has landed and raises the first error, so a built index is also a
+    stored one.
+    """
+
+    def __init__(self, store: FragmentStore | None, threads: int = 2) -> None:
+        self.store = store
+        background = store is not None and threads > 0
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="index-writes") if background else None
+        self._pending: list[Future[None]] = []
+
+    def put(self, name: str, data: bytes) -> None:
+        if self.store is None:
+            return
+        if self._pool is None:
+            self.store.put(name, data)
+        else:
+            self._pending.append(self._pool.submit(self.store.put, name, data))
+
+    def wait(self, *, raise_errors: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        errors = [error for error in (f.exception() for f in self._pending) if error is not None]
+        if errors and raise_errors:
+            raise errors[0]
+
+
 @dataclass(frozen=True)
 class _FragmentJob:
     """One file's fragment to find or build: the open source and the fragment's content address."""
@@ -370,23 +401,21 @@ class _FragmentJob:
             return None  # an older or damaged object: rebuild and overwrite
         return fragment if fragment.identity == self.source.identity() else None
 
-    def build(self, store: FragmentStore | None) -> KeyFragment:
+    def build(self, store: FragmentStore | None, writes: _Writes | None = None) -> KeyFragment:
         try:
             fragment = build_fragment(self.source, self.key_columns)
         except BaseException:
             # others waiting on this lease build (and report) it themselves instead of waiting it out
             self._write_lease(store, failed=True)
             raise
-        if store is not None:
-            store.put(self.name, fragment.to_bytes())
+        (writes or _Writes(store, threads=0)).put(self.name, fragment.to_bytes())
         return fragment
 
-    def _write_lease(self, store: FragmentStore | None, *, failed: bool = False) -> None:
-        if store is not None:
-            lease = {"time": time.time(), "owner": _owner(), "failed": failed}
-            store.put(self.name + ".lease", json.dumps(lease).encode())
+    def _write_lease(self, store: FragmentStore | None, *, failed: bool = False, writes: _Writes | None = None) -> None:
+        lease = {"time": time.time(), "owner": _owner(), "failed": failed}
+        (writes or _Writes(store, threads=0)).put(self.name + ".lease", json.dumps(lease).encode())
 
-    def take_lease(self, store: FragmentStore | None) -> bool:
+    def take_lease(self, store: FragmentStore | None, writes: _Writes | None = None) -> bool:
         """Announce that this process builds the fragment, unless another one announced it recently.
 
         A lease is a small object beside the fragment. Two builders that race past each other's lease both
@@ -397,7 +426,7 @@ class _FragmentJob:
         data = store.get(self.name + ".lease")
         if data is not None and _held_by_another(data):
             return False
-        self._write_lease(store)
+        self._write_lease(store, writes=writes)
         return True
 
     def await_or_build(self, store: FragmentStore | None) -> KeyFragment:
@@ -442,16 +471,22 @@ def build_dataset_index(
     random.Random(shuffle_seed).shuffle(order)
     fragments: dict[int, KeyFragment] = {}
     leased_elsewhere: list[int] = []  # positions only: a dataset may have more files than may be open at once
-    for position in order:
-        with _naming_the_dataset(name):
-            job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
-            fragment = job.cached(store)
-            if fragment is None:
-                if not job.take_lease(store):
-                    leased_elsewhere.append(position)
-                    continue
-                fragment = job.build(store)
-            fragments[position] = fragment
+    writes = _Writes(store)
+    try:
+        for position in order:
+            with _naming_the_dataset(name):
+                job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
+                fragment = job.cached(store)
+                if fragment is None:
+                    if not job.take_lease(store, writes):
+                        leased_elsewhere.append(position)
+                        continue
+                    fragment = job.build(store, writes)
+                fragments[position] = fragment
+    except BaseException:
+        writes.wait(raise_errors=False)  # the error in hand is the one to report
+        raise
+    writes.wait()
     for position in leased_elsewhere:
         with _naming_the_dataset(name):
             job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)

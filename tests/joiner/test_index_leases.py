@@ -97,3 +97,27 @@ def test_a_second_worker_finds_every_fragment_cached(dataset: list[str], tmp_pat
     builds.clear()
     _index(dataset, store)
     assert builds == []
+
+
+def test_fragments_are_stored_when_the_index_is_returned_and_a_failed_write_is_raised(
+    dataset: list[str], tmp_path: Path
+) -> None:
+    # writes go out on background threads while the next file is read; the index is returned only once
+    # every write has landed, and a write that failed is not swallowed
+    class SlowStore(LocalFragmentStore):
+        def put(self, name: str, data: bytes) -> None:
+            time.sleep(0.2)
+            super().put(name, data)
+
+    store = SlowStore(tmp_path / "slow")
+    _index(dataset, store)
+    assert all(store.get(_name(path)) is not None for path in dataset)
+
+    class BrokenStore(LocalFragmentStore):
+        def put(self, name: str, data: bytes) -> None:
+            if not name.endswith(".lease"):
+                raise OSError("the object store refused the write")
+            super().put(name, data)
+
+    with pytest.raises(OSError, match="refused"):
+        _index(dataset, BrokenStore(tmp_path / "broken"))
