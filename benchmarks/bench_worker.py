@@ -195,13 +195,16 @@ def main() -> int:
                         help="JOINER_THREADS for the join command and every worker (default: all cores each); "
                              "1 is what a transformer pod limited to one CPU runs")
     parser.add_argument("--no-result-cache", action="store_true", help="JOINER_RESULT_CACHE=false for the workers")
+    parser.add_argument("--keep", metavar="DIR", default=None,
+                        help="work in DIR and keep it (worker logs with per-file stage seconds, outputs)")
     args = parser.parse_args()
     settings = {} if args.threads is None else {"JOINER_THREADS": str(args.threads)}
     spec = prepare(Path(args.data), args.files, args.events)
     inputs = [Path(args.data) / f"nano_{i}.root" for i in range(args.files)]
     events = args.files * args.events
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         server = start_seaweedfs(work)
         recorder = AppRecorder()
         publisher = AppPublisher(RABBIT_URL)

@@ -20,7 +20,15 @@ import pyarrow.compute as pc
 
 from joiner.errors import SpecError
 from joiner.gather import SourcePool, gather, place, take_rows
-from joiner.index import DatasetIndex, FragmentStore, KeyFragment, build_dataset_index, build_fragment
+from joiner.index import (
+    DatasetIndex,
+    FragmentStore,
+    KeyFragment,
+    KeyTuple,
+    build_dataset_index,
+    build_fragment,
+    has_repeated_keys,
+)
 from joiner.integrity import KeyDigest, verify_keys
 from joiner.merge import keys_equal, match_keys, partner_of_entries
 from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
@@ -305,13 +313,26 @@ class _FileJoin:
 
     def _own_fragment(self, source: TableSource, dataset: str) -> KeyFragment:
         """This file's key fragment: from its dataset's index when that was built already, else read."""
+        return self._cached_fragment(source, dataset) or build_fragment(source, self.keys)
+
+    def _cached_fragment(self, source: TableSource, dataset: str) -> KeyFragment | None:
+        """This file's fragment in its dataset's index, if that index was built already."""
         index = self.indexes.get(dataset)
         if index is not None:
             identity = source.identity()
             for fragment in index.fragments:
                 if fragment.identity == identity and fragment.tree == source.tree:
                     return fragment
-        return build_fragment(source, self.keys)
+        return None
+
+    def _end_keys(self, source: TableSource) -> tuple[KeyTuple | None, KeyTuple | None]:
+        """The keys of a file's first and last entries (what aligned detection compares)."""
+        n = source.num_entries
+        if n == 0:
+            return None, None
+        first = source.read_keys(self.keys, 0, 1)
+        last = source.read_keys(self.keys, n - 1, n)
+        return tuple(int(c[0]) for c in first), tuple(int(c[0]) for c in last)
 
     def _own_duplicates(self, fragment: KeyFragment, name: str) -> npt.NDArray[np.bool_] | None:
         """Entries of this file that repeat an earlier key: refused, or (duplicates: first) dropped."""
@@ -353,6 +374,7 @@ class _FileJoin:
                 sink.write(table)
                 self.counts.events_out += table.num_rows
                 self.counts.add_time("write", mark)
+                del table, produced  # not alive while the next chunk is read: one chunk in memory at a time
             mark = time.perf_counter()
             size = sink.commit(self._metadata(digest))
             self.counts.add_time("write", mark)
@@ -401,14 +423,18 @@ class _FileJoin:
         for index in friend_indexes:
             self.inputs.extend(f.identity.as_dict() for f in index.fragments)
         plan = make_plan(self.spec, source, [pool.source(0) for pool in pools])
-        fragment = self._own_fragment(source, "primary")
-        drop = self._own_duplicates(fragment, self.input_path)
-        aligned = [
-            index.aligned_fragment(fragment.num_entries, fragment.first_key, fragment.last_key)
-            for index in friend_indexes
-        ]
+        fragment = self._cached_fragment(source, "primary")
+        first, last = (fragment.first_key, fragment.last_key) if fragment is not None else self._end_keys(source)
+        aligned = [index.aligned_fragment(source.num_entries, first, last) for index in friend_indexes]
+        needs_merge = any(position is None for position in aligned)
+        drop: npt.NDArray[np.bool_] | None = None
+        # With every friend aligned only the file's own duplicates need its keys: a check on the packed
+        # keys holds a third of the sorted fragment, so memory stays bounded by the chunk, not the file.
+        if fragment is not None or needs_merge or has_repeated_keys(source, self.keys, chunk=self.chunk) is not False:
+            fragment = fragment or build_fragment(source, self.keys)
+            drop = self._own_duplicates(fragment, self.input_path)
         # the sorted keys stay only if a friend needs a merge: an aligned join keeps nothing per entry
-        self.fragment = fragment if any(position is None for position in aligned) else None
+        self.fragment = fragment if needs_merge else None
         self.primary_source, self.drop = source, drop
         self.counts.add_time("index", mark)
         for friend in self.spec.friends:
@@ -454,6 +480,7 @@ class _FileJoin:
                 rows = self._join_friend(rows, friend, side, index, pool, position, keys, start, stop)
             self.counts.add_time("join", mark)
             yield rows.table.select(schema.names).cast(schema)
+            del keys, table, rows, keep  # freed before the next chunk is read: one chunk in memory at a time
 
     def _join_friend(
         self,
@@ -639,6 +666,7 @@ class _FileJoin:
             )
             self.counts.add_time("join", mark)
             yield table.select(schema.names).cast(schema)
+            del keys, friend_columns, gathered, primary_placed, table  # one chunk in memory at a time
 
 
 def _with_keys(

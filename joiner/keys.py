@@ -83,21 +83,58 @@ class KeyPacker:
         return self.total_bits <= MAX_BITS
 
     def pack(self, keys: Sequence[npt.NDArray[np.integer]]) -> UInt64Array:
-        """Pack columns (values must lie in the ranges) into one uint64 per row."""
+        """Pack columns (values must lie in the ranges) into one uint64 per row.
+
+        Each column is offset, shifted and merged in place (one scratch array), so that packing costs a few
+        passes over the rows rather than a fresh array per step.
+        """
         if not self.fits:
             raise ValueError(f"key ranges need {self.total_bits} bits; use lexicographic ordering")
         n = len(keys[0]) if keys else 0
-        packed = np.zeros(n, dtype=np.uint64)
+        packed: UInt64Array | None = None
+        scratch: UInt64Array | None = None
         shift = self.total_bits
         for column, rng in zip(keys, self.ranges, strict=True):
             shift -= rng.bits
             if rng.bits == 0:
                 continue
-            offset = _offset_uint64(column, rng.low)
+            if packed is None:
+                target = packed = np.empty(n, dtype=np.uint64)
+            else:
+                target = scratch = np.empty(n, dtype=np.uint64) if scratch is None else scratch
+            _offset_into(column, rng.low, target)
             if shift:
-                offset <<= np.uint64(shift)
-            packed |= offset
-        return packed
+                np.left_shift(target, np.uint64(shift), out=target)
+            if target is not packed:
+                np.bitwise_or(packed, target, out=packed)
+        return np.zeros(n, dtype=np.uint64) if packed is None else packed
+
+    def repack(self, packed: UInt64Array, layout: KeyPacker) -> None:
+        """Re-express keys packed by this packer in `layout` (whose ranges cover this one's), in place.
+
+        Lets keys be packed chunk by chunk, each over its own ranges, before the ranges of the whole are
+        known: a column's offset moves by the difference of the two lows, all in unsigned arithmetic.
+        """
+        if layout.ranges == self.ranges:
+            return
+        if not layout.fits:
+            raise ValueError(f"key ranges need {layout.total_bits} bits; use lexicographic ordering")
+        scratch = np.empty(len(packed), dtype=np.uint64)
+        result = np.zeros(len(packed), dtype=np.uint64)
+        source_shift, target_shift = self.total_bits, layout.total_bits
+        for own, target in zip(self.ranges, layout.ranges, strict=True):
+            source_shift -= own.bits
+            target_shift -= target.bits
+            if target.bits == 0:
+                continue
+            np.right_shift(packed, np.uint64(source_shift), out=scratch)
+            np.bitwise_and(scratch, np.uint64((1 << own.bits) - 1), out=scratch)
+            if own.low != target.low:
+                np.add(scratch, np.uint64(own.low - target.low), out=scratch)
+            if target_shift:
+                np.left_shift(scratch, np.uint64(target_shift), out=scratch)
+            np.bitwise_or(result, scratch, out=result)
+        packed[:] = result
 
     def pack_tuple(self, key: Sequence[int]) -> int:
         """Pack one key tuple (values may lie outside the ranges: then they are clamped to the edge)."""
@@ -110,11 +147,21 @@ class KeyPacker:
 
 def _offset_uint64(column: npt.NDArray[np.integer], low: int) -> UInt64Array:
     """`column - low` as uint64 without overflow for any signed or unsigned integer column."""
+    out = np.empty(len(column), dtype=np.uint64)
+    _offset_into(column, low, out)
+    return out
+
+
+def _offset_into(column: npt.NDArray[np.integer], low: int, out: UInt64Array) -> None:
+    """Write `column - low` into `out` (uint64) in one pass, for any signed or unsigned integer column.
+
+    Unsigned columns subtract in uint64; signed ones in int64, whose wrap-around difference read as uint64
+    is exact because every value is at least `low` (the difference lies in [0, 2**64)).
+    """
     if column.dtype.kind == "u":
-        return column.astype(np.uint64, copy=True) - np.uint64(low)
-    # signed: shift into the unsigned domain first (low may be negative)
-    as_int64 = column.astype(np.int64, copy=False)
-    return (as_int64 - np.int64(low)).astype(np.uint64)
+        np.subtract(column, np.uint64(low), out=out, casting="unsafe")
+    else:
+        np.subtract(column, np.int64(low), out=out, casting="unsafe", dtype=np.int64)
 
 
 def lexicographic_order(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.intp]:

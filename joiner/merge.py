@@ -332,6 +332,11 @@ def partner_of_entries(
     of each; entries that are not listed (dropped duplicates) get -1. This is how a whole file is matched at
     once, so that each chunk only looks its entries up.
     """
+    partner = np.full(num_entries, -1, dtype=np.int64)
+    found = _partners_of_unique_sorted(left, right)
+    if found is not None:
+        partner[left_entries] = found
+        return partner
     match = match_keys(
         left,
         right,
@@ -341,11 +346,41 @@ def partner_of_entries(
         right_name=right_name,
         right_origin=right_origin,
     )
-    partner = np.full(num_entries, -1, dtype=np.int64)
     # a left join lists every left row in order unless duplicates were dropped
     listed = left_entries if len(match.left_rows) == len(left_entries) else left_entries[match.left_rows]
     partner[listed] = match.right_rows
     return partner
+
+
+def is_strictly_increasing(packed: npt.NDArray[np.uint64]) -> bool:
+    """Sorted and free of repeats: one pass answers both questions a merge asks of a side."""
+    return len(packed) < 2 or bool(np.all(packed[1:] > packed[:-1]))
+
+
+def _partners_of_unique_sorted(left: Keys, right: Keys) -> IndexArray | None:
+    """Each left row's row in `right` (-1: none), when both sides are sorted, repeat-free and packable.
+
+    The common case of `partner_of_entries` (two key indexes, e.g. a file's against a friend's): with no
+    sort and no duplicate to find, the match is one parallel search and one comparison. None when a side
+    is unsorted, holds a repeated key, or the keys need more than 64 bits: the general merge takes those
+    (and names the duplicates).
+    """
+    n_left, n_right = len(left[0]), len(right[0])
+    if n_left == 0 or n_right == 0:
+        return np.full(n_left, -1, dtype=np.int64)
+    ranges = union_ranges(column_ranges(left), column_ranges(right))
+    if ranges is None:
+        return None
+    packer = KeyPacker(tuple(ranges))
+    if not packer.fits:
+        return None
+    left_packed, right_packed = packer.pack(left), packer.pack(right)
+    if not (is_strictly_increasing(left_packed) and is_strictly_increasing(right_packed)):
+        return None
+    position = _search_sorted(right_packed, left_packed)
+    np.minimum(position, n_right - 1, out=position)
+    position[right_packed[position] != left_packed] = -1
+    return position
 
 
 def _duplicate_rows(order: _Sorted, dup_positions: npt.NDArray[np.int64], n_left: int, left: bool) -> IndexArray:

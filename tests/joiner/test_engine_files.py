@@ -13,6 +13,7 @@ import uproot
 
 import joiner
 from joiner.engine import OutputFormat, Role, join_file, resolve_friend_indexes
+from joiner.datagen import write_tree
 from joiner.errors import DuplicateKeyError, InputFileError, KeyMismatchError, MissingColumnError, SchemaError
 from joiner.spec import parse_spec
 from joiner.writing import read_join_metadata, read_runs
@@ -260,6 +261,35 @@ def test_tampered_aligned_friend_falls_back_to_the_merge(nano_dy: Path, tmp_path
     out = ak.from_parquet(tmp_path / "out.parquet")
     assert ak.sum(~out.t_matched) == 1  # the tampered row pairs with nothing, never with another event
     _check_values(out, "t")
+
+
+@pytest.mark.parametrize("wide_keys", [False, True], ids=["packed", "wider than 64 bits"])
+def test_primary_duplicates_are_found_when_no_friend_needs_its_sorted_keys(
+    nano_dy: Path, tmp_path: Path, wide_keys: bool
+) -> None:
+    # no friend (or only aligned ones): the file's own keys are checked on their packed form, chunk by chunk
+    events = friends.read_primary(nano_dy)
+    rows = np.concatenate([np.arange(len(events)), [3]])
+    events = events[rows]
+    columns = {name: events[name] for name in [*KEY, "MET_pt"]}
+    key = KEY
+    if wide_keys:
+        # a key column spanning all of int64 beside the event number cannot be packed into 64 bits
+        columns["wide"] = np.where(np.arange(len(events)) % 2 == 0, -(2**62), 2**62).astype(np.int64)
+        columns["wide"][-1] = columns["wide"][3]
+        key = ["wide", "event"]
+    primary = tmp_path / "nano_dup.root"
+    write_tree(primary, "Events", columns)
+    spec = parse_spec({"primary": {"files": [str(primary)], "columns": ["MET_pt"]}, "key": key})
+    with pytest.raises(DuplicateKeyError, match=f"event|{int(events.event[3])}"):
+        join_file(spec, str(primary), tmp_path / "refused.parquet", chunk_entries=7)
+    assert not (tmp_path / "refused.parquet").exists()
+    first = parse_spec({"primary": {"files": [str(primary)], "columns": ["MET_pt"]}, "key": key,
+                        "duplicates": "first"})
+    result = join_file(first, str(primary), tmp_path / "first.parquet", chunk_entries=7)
+    table = pq.read_table(tmp_path / "first.parquet")
+    assert result.events_out == table.num_rows == len(events) - 1
+    assert table.column("event").to_pylist() == events.event[:-1].to_list()
 
 
 def test_empty_tree_gives_zero_rows_with_the_full_schema(data_dir: Path, nano_dy: Path, tmp_path: Path) -> None:

@@ -79,6 +79,25 @@ def test_packing_uses_both_sides_ranges_and_keeps_order() -> None:
     assert packer.pack(right)[0] == packed[2]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(-(2**20), 2**20), st.integers(0, 2**30)), min_size=1, max_size=80),
+       st.integers(1, 9))
+def test_chunks_packed_apart_and_repacked_equal_the_whole_packed_at_once(keys, chunk) -> None:
+    columns = [np.array([k[0] for k in keys], np.int64), np.array([k[1] for k in keys], np.uint32)]
+    ranges = column_ranges(columns)
+    assert ranges is not None
+    whole = KeyPacker(tuple(ranges))
+    packed = np.empty(len(keys), np.uint64)
+    for start in range(0, len(keys), chunk):
+        part = [c[start : start + chunk] for c in columns]
+        part_ranges = column_ranges(part)
+        assert part_ranges is not None
+        own = KeyPacker(tuple(part_ranges))
+        packed[start : start + chunk] = own.pack(part)
+        own.repack(packed[start : start + chunk], whole)
+    assert packed.tolist() == whole.pack(columns).tolist()
+
+
 def test_duplicates_are_refused_with_keys_and_origins() -> None:
     left = _columns([(1, 1, 5), (1, 1, 6)])
     right = _columns([(1, 1, 5), (1, 1, 7), (1, 1, 5)])
