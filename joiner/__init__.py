@@ -8,6 +8,7 @@ file of a spec end to end.
 from __future__ import annotations
 
 from joiner.errors import (
+    CollectionLengthError,
     DuplicateKeyError,
     InputFileError,
     JoinError,
@@ -20,6 +21,7 @@ from joiner.errors import (
 from joiner.spec import FriendSpec, InferenceSpec, JoinSpec, PrimarySpec, load_spec, parse_spec
 
 __all__ = [
+    "CollectionLengthError",
     "DuplicateKeyError",
     "FriendSpec",
     "InferenceSpec",

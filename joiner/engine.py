@@ -29,7 +29,7 @@ from joiner.index import (
     build_fragment,
     has_repeated_keys,
 )
-from joiner.integrity import KeyDigest, verify_keys
+from joiner.integrity import KeyDigest, verify_collection_lengths, verify_keys
 from joiner.merge import keys_equal, match_keys, partner_of_entries
 from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
 from joiner.sources import TableSource, expand_paths, logical_path, open_source
@@ -567,6 +567,7 @@ class _FileJoin:
             if self.spec.fill_missing == "nan" and not matched.all() and is_list_type(column.type):
                 column = _fill_nan_lists(column, table, original, matched)
             table = table.append_column(output, column)
+        verify_collection_lengths(friend.name, table, side.output_names, matched, rows.keys)
         table = table.append_column(f"{friend.name}_matched", pa.array(matched, type=pa.bool_()))
         return _Rows(table, rows.keys, rows.entries)
 
@@ -661,6 +662,8 @@ class _FileJoin:
             table = _with_keys(primary_placed, self.keys, keys, plan.key_types)
             for original, output in zip(side.read_names, side.output_names, strict=True):
                 table = table.append_column(output, friend_columns.column(original))
+            if self.role is Role.RIGHT:
+                verify_collection_lengths(friend.name, table, side.output_names, matched, keys)
             table = table.append_column(
                 f"{friend.name}_matched", pa.array(np.ones(table.num_rows, dtype=bool), type=pa.bool_())
             )

@@ -68,3 +68,21 @@ class KeyMismatchError(JoinError, RuntimeError):
 
 class SchemaError(JoinError, ValueError):
     """The joined columns cannot form one table: a name collision, or a type the output cannot hold."""
+
+
+class CollectionLengthError(JoinError, ValueError):
+    """A friend's per-object column has another number of values than the primary collection it joins."""
+
+    def __init__(
+        self, friend: str, column: str, counter: str, examples: Sequence[tuple[tuple[int, ...], int, int]], total: int
+    ) -> None:
+        self.friend = friend
+        self.column = column
+        self.examples = list(examples)
+        self.total = total
+        shown = "; ".join(f"{key}: {theirs} vs {ours}" for key, theirs, ours in self.examples)
+        super().__init__(
+            f"friend {friend!r} column {column!r} joins the collection counted by {counter!r}, but {total} matched "
+            f"event(s) have another number of values than objects (key: friend values vs {counter}): {shown}. "
+            f"A per-object column needs one value per object; give the friend a `prefix` to keep it apart"
+        )

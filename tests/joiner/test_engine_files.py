@@ -7,14 +7,22 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uproot
 
 import joiner
-from joiner.engine import OutputFormat, Role, join_file, resolve_friend_indexes
 from joiner.datagen import write_tree
-from joiner.errors import DuplicateKeyError, InputFileError, KeyMismatchError, MissingColumnError, SchemaError
+from joiner.engine import OutputFormat, Role, join_file, resolve_friend_indexes
+from joiner.errors import (
+    CollectionLengthError,
+    DuplicateKeyError,
+    InputFileError,
+    KeyMismatchError,
+    MissingColumnError,
+    SchemaError,
+)
 from joiner.spec import parse_spec
 from joiner.writing import read_join_metadata, read_runs
 from tests.joiner import friends
@@ -290,6 +298,28 @@ def test_primary_duplicates_are_found_when_no_friend_needs_its_sorted_keys(
     table = pq.read_table(tmp_path / "first.parquet")
     assert result.events_out == table.num_rows == len(events) - 1
     assert table.column("event").to_pylist() == events.event[:-1].to_list()
+
+
+@pytest.mark.parametrize("shape", ["aligned", "reordered"])
+def test_a_per_object_friend_column_must_match_its_collection(nano_dy: Path, tmp_path: Path, shape: str) -> None:
+    # a friend made for another jet selection: one jet fewer in every other event
+    events = friends.read_primary(nano_dy)
+    short = ak.local_index(events.Jet_pt) < ak.num(events.Jet_pt) - (np.arange(len(events)) % 2 == 0)
+    events = ak.with_field(events, events.Jet_pt[short], "Jet_pt")
+    if shape == "reordered":
+        events = events[np.random.default_rng(3).permutation(len(events))]
+    friend = friends.write_friend(tmp_path / "other_selection.root", events)
+    columns = {"files": [str(nano_dy)], "columns": ["Jet_pt", "nJet", "MET_pt"]}
+    joined = {"name": "f", "files": [str(friend)], "tree": "Friends", "columns": ["Jet_sf"]}
+    spec = parse_spec({"primary": columns, "friends": [joined]})
+    with pytest.raises(CollectionLengthError, match=r"'Jet_sf' joins the collection counted by 'nJet'") as caught:
+        join_file(spec, str(nano_dy), tmp_path / "refused.parquet")
+    assert caught.value.total == sum(1 for n in ak.num(friends.read_primary(nano_dy).Jet_pt)[::2] if n > 0)
+    assert not (tmp_path / "refused.parquet").exists()
+    # a prefix keeps the column apart from the collection: then its own lengths are fine
+    spec = parse_spec({"primary": columns, "friends": [{**joined, "prefix": "f_"}]})
+    join_file(spec, str(nano_dy), tmp_path / "kept.parquet")
+    assert pq.read_table(tmp_path / "kept.parquet").column("f_Jet_sf").type.value_type == pa.float32()
 
 
 def test_empty_tree_gives_zero_rows_with_the_full_schema(data_dir: Path, nano_dy: Path, tmp_path: Path) -> None:
