@@ -54,13 +54,16 @@ def verify_collection_lengths(
     to load or, worse, pair each value with another jet. Only rows the friend matched are compared (its
     missing rows are nulls, or NaN lists of the collection's length).
     """
+    counts_of: dict[str, npt.NDArray[np.integer]] = {}  # several columns of one collection share its counter
     for name in columns:
         collection = collection_of(name)
         counter = f"n{collection}"
         if collection is None or counter not in table.column_names or not is_list_type(table.schema.field(name).type):
             continue
         lengths = pc.fill_null(pc.list_value_length(table.column(name)), 0).to_numpy()
-        counts = pc.fill_null(table.column(counter), 0).to_numpy()
+        if counter not in counts_of:
+            counts_of[counter] = pc.fill_null(table.column(counter), 0).to_numpy()
+        counts = counts_of[counter]
         bad = np.flatnonzero(matched & (lengths != counts))
         if len(bad):
             shown = bad[:MAX_SHOWN]
