@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.errors import MissingColumnError, SchemaError, SpecError
 from joiner.gather import take_rows_many
 from joiner.integrity import verify_keys
@@ -58,7 +59,7 @@ def _keys_of(table: pa.Table, names: Sequence[str], what: str) -> list[npt.NDArr
         column = table.column(name)
         if column.null_count:
             raise SpecError(f"key column {name!r} of {what} holds nulls")
-        result.append(validate_key_array(name, column.to_numpy(), where=what))
+        result.append(validate_key_array(name, arrow_to_numpy(column), where=what))
     return result
 
 
@@ -163,14 +164,14 @@ def join(
             for lk, fk in zip(result_keys, friend_keys, strict=True)
         ]
         key_table = pa.Table.from_arrays(
-            [pa.array(k).cast(key_table.schema.field(n).type) for k, n in zip(result_keys, names, strict=True)],
+            [numpy_to_arrow(k).cast(key_table.schema.field(n).type) for k, n in zip(result_keys, names, strict=True)],
             names=names,
         )
         body, gathered = take_rows_many([(body, match.left_rows), (friend_body, match.right_rows)])
         gathered = gathered.rename_columns(renamed)
         for column_name in gathered.column_names:
             body = body.append_column(column_name, gathered.column(column_name))
-        body = body.append_column(f"{friend_name}_matched", pa.array(match.right_rows >= 0))
+        body = body.append_column(f"{friend_name}_matched", numpy_to_arrow(match.right_rows >= 0))
     result = key_table
     for column_name in body.column_names:
         result = result.append_column(column_name, body.column(column_name))

@@ -18,6 +18,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.errors import SpecError
 from joiner.gather import SourcePool, gather, place, take_rows
 from joiner.index import (
@@ -34,7 +35,7 @@ from joiner.merge import keys_equal, match_keys, partner_of_entries
 from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
 from joiner.sources import TableSource, expand_paths, logical_path, open_source
 from joiner.spec import DuplicatePolicy, FriendSpec, How, JoinSpec
-from joiner.writing import open_sink
+from joiner.writing import OutputObserver, open_sink
 
 
 class OutputFormat(StrEnum):
@@ -210,6 +211,7 @@ def join_file(
     storage_options: Mapping[str, Any] | None = None,
     path_check: PathCheck | None = None,
     indexes: Mapping[str, DatasetIndex] | None = None,
+    output_observer: OutputObserver | None = None,
 ) -> FileResult:
     """Join one input file of `spec` and write the result to `output_path` (atomically).
 
@@ -226,6 +228,8 @@ def join_file(
         path_check: called with every friend path before it is read; raises to refuse a location.
         indexes: prebuilt dataset indexes by name ("primary" or a friend's name), already checked for
             duplicates; built here (and checked) when absent.
+        output_observer: sees a Parquet output's bytes in order as they are written (so that they can be
+            uploaded meanwhile); when the call returns it has seen the whole file. Not used for ROOT.
 
     Raises:
         JoinError subclasses for anything wrong with the inputs (permanent for this file).
@@ -242,7 +246,7 @@ def join_file(
         path_check=path_check,
         indexes=dict(indexes or {}),
     )
-    return runner.run(output_path, output_format)
+    return runner.run(output_path, output_format, output_observer)
 
 
 class _FileJoin:
@@ -351,7 +355,7 @@ class _FileJoin:
         return drop
 
     # -- the run --------------------------------------------------------------------------------------
-    def run(self, output_path: Path, output_format: OutputFormat) -> FileResult:
+    def run(self, output_path: Path, output_format: OutputFormat, observer: OutputObserver | None = None) -> FileResult:
         started = time.perf_counter()
         if self.role is Role.PRIMARY:
             chunks, schema, runs = self._primary_chunks()
@@ -360,7 +364,7 @@ class _FileJoin:
         for producer in self.producers:
             # the produced columns join the schema; a producer answers an empty table without a request
             schema = producer(schema.empty_table()).schema
-        sink = open_sink(output_path, schema, root=output_format is OutputFormat.ROOT, runs=runs)
+        sink = open_sink(output_path, schema, root=output_format is OutputFormat.ROOT, runs=runs, observer=observer)
         digest = KeyDigest()
         try:
             for table in chunks:
@@ -370,7 +374,7 @@ class _FileJoin:
                     produced = producer(produced)
                 table = produced  # noqa: PLW2901 - the chunk with its produced columns replaces the chunk
                 mark = self.counts.add_time("infer", mark)
-                digest.update([table.column(k).to_numpy() for k in self.keys])
+                digest.update([arrow_to_numpy(table.column(k)) for k in self.keys])
                 sink.write(table)
                 self.counts.events_out += table.num_rows
                 self.counts.add_time("write", mark)
@@ -500,7 +504,7 @@ class _FileJoin:
                 columns = friend_source.read_table(side.read_names, start, stop)
                 rows_in_chunk = (rows.entries - start).astype(np.int64)
                 if len(rows_in_chunk) != stop - start:
-                    columns = columns.take(pa.array(rows_in_chunk))
+                    columns = columns.take(numpy_to_arrow(rows_in_chunk))
                 self.counts.matched[friend.name] += len(rows.entries)
                 self.paths_taken.setdefault(friend.name, set()).add("aligned")
                 return self._append(rows, side, friend, columns, np.ones(len(rows.entries), dtype=bool))
@@ -568,7 +572,7 @@ class _FileJoin:
                 column = _fill_nan_lists(column, table, original, matched)
             table = table.append_column(output, column)
         verify_collection_lengths(friend.name, table, side.output_names, matched, rows.keys)
-        table = table.append_column(f"{friend.name}_matched", pa.array(matched, type=pa.bool_()))
+        table = table.append_column(f"{friend.name}_matched", numpy_to_arrow(matched, type=pa.bool_()))
         return _Rows(table, rows.keys, rows.entries)
 
     # -- right and anti parts: the input is a file of the (single) friend ---------------------------------
@@ -619,7 +623,7 @@ class _FileJoin:
             if drop is not None and drop[start:stop].any():
                 keep = np.flatnonzero(~drop[start:stop]).astype(np.int64)
                 keys = [k[keep] for k in keys]
-                friend_columns = friend_columns.take(pa.array(keep))
+                friend_columns = friend_columns.take(numpy_to_arrow(keep))
             candidates = primary_index.candidates(keys)
             match = match_keys(
                 keys,
@@ -652,7 +656,7 @@ class _FileJoin:
             if self.role is Role.ANTI:
                 lonely = np.flatnonzero(~matched).astype(np.int64)
                 keys = [k[lonely] for k in keys]
-                friend_columns = friend_columns.take(pa.array(lonely))
+                friend_columns = friend_columns.take(numpy_to_arrow(lonely))
                 primary_placed = _null_table(plan.primary, len(lonely))
                 self.counts.unmatched[friend.name] += len(lonely)
             else:
@@ -665,7 +669,7 @@ class _FileJoin:
             if self.role is Role.RIGHT:
                 verify_collection_lengths(friend.name, table, side.output_names, matched, keys)
             table = table.append_column(
-                f"{friend.name}_matched", pa.array(np.ones(table.num_rows, dtype=bool), type=pa.bool_())
+                f"{friend.name}_matched", numpy_to_arrow(np.ones(table.num_rows, dtype=bool), type=pa.bool_())
             )
             self.counts.add_time("join", mark)
             yield table.select(schema.names).cast(schema)
@@ -676,7 +680,7 @@ def _with_keys(
     table: pa.Table, names: Sequence[str], keys: Sequence[npt.NDArray[np.integer]], types: Sequence[pa.DataType]
 ) -> pa.Table:
     """`table` with the key columns in front (cast to the primary's key types)."""
-    columns = [pa.array(k).cast(t) for k, t in zip(keys, types, strict=True)]
+    columns = [numpy_to_arrow(k).cast(t) for k, t in zip(keys, types, strict=True)]
     result = pa.Table.from_arrays(columns, names=list(names))
     for name in table.column_names:
         if name not in names:
@@ -695,13 +699,13 @@ def _fill_nan_lists(
 ) -> pa.ChunkedArray:
     """Unmatched rows of a jagged float column as NaN lists of the primary collection's length."""
     collection = collection_of(original)
-    counts = table.column("n" + str(collection)).to_numpy().astype(np.int64)
+    counts = arrow_to_numpy(table.column("n" + str(collection))).astype(np.int64)
     lengths = np.where(matched, 0, counts)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     value_type = column.type.value_type
     nan_lists = pa.ListArray.from_arrays(
-        pa.array(offsets), pa.array(np.full(int(offsets[-1]), np.nan), type=value_type)
+        numpy_to_arrow(offsets), numpy_to_arrow(np.full(int(offsets[-1]), np.nan), type=value_type)
     )
     combined = column.combine_chunks()
-    filled = pc.if_else(pa.array(matched), combined, nan_lists.cast(combined.type))
+    filled = pc.if_else(numpy_to_arrow(matched), combined, nan_lists.cast(combined.type))
     return pa.chunked_array([filled])

@@ -30,6 +30,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.errors import InputFileError
 from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_order, union_ranges
 from joiner.merge import match_keys, sort_packed
@@ -118,8 +119,10 @@ class KeyFragment:
 
     def to_bytes(self) -> bytes:
         """Serialise as Parquet with the fragment's facts in the schema metadata."""
-        columns: dict[str, Any] = {name: pa.array(col) for name, col in zip(self.key_columns, self.keys, strict=True)}
-        columns["__entry__"] = pa.array(self.entries, type=pa.int64())
+        columns: dict[str, Any] = {
+            name: numpy_to_arrow(col) for name, col in zip(self.key_columns, self.keys, strict=True)
+        }
+        columns["__entry__"] = numpy_to_arrow(self.entries, type=pa.int64())
         table = pa.table(columns)
         meta = {
             "version": INDEX_FORMAT_VERSION,
@@ -137,9 +140,13 @@ class KeyFragment:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyFragment:
-        """Read a serialised fragment; raises ValueError for another format version or a damaged object."""
+        """Read a serialised fragment; raises ValueError for another format version or a damaged object.
+
+        Read with `ParquetFile`, not `pq.read_table`, which imports `pyarrow.dataset` (a quarter second per
+        process) even for bytes in memory.
+        """
         try:
-            table = pq.read_table(io.BytesIO(data))
+            table = pq.ParquetFile(io.BytesIO(data)).read()
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"damaged index fragment: {error}") from None
         raw = (table.schema.metadata or {}).get(_META_KEY)
@@ -149,7 +156,7 @@ class KeyFragment:
         if meta.get("version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"index format version {meta.get('version')} is not {INDEX_FORMAT_VERSION}")
         key_columns = tuple(meta["key_columns"])
-        keys = [table.column(name).to_numpy() for name in key_columns]
+        keys = [arrow_to_numpy(table.column(name)) for name in key_columns]
         identity = FileIdentity(**meta["identity"])
         return cls(
             identity=identity,
@@ -157,7 +164,7 @@ class KeyFragment:
             key_columns=key_columns,
             num_entries=int(meta["num_entries"]),
             keys=keys,
-            entries=table.column("__entry__").to_numpy().astype(np.int64),
+            entries=arrow_to_numpy(table.column("__entry__")).astype(np.int64),
             first_key=tuple(meta["first_key"]) if meta["first_key"] is not None else None,
             last_key=tuple(meta["last_key"]) if meta["last_key"] is not None else None,
             ranges=tuple(column_ranges(keys) or []) or None,
@@ -447,7 +454,8 @@ class _FragmentJob:
             # others waiting on this lease build (and report) it themselves instead of waiting it out
             self._write_lease(store, failed=True)
             raise
-        (writes or _Writes(store, threads=0)).put(self.name, fragment.to_bytes())
+        if store is not None:  # serialised only for a store to keep
+            (writes or _Writes(store, threads=0)).put(self.name, fragment.to_bytes())
         return fragment
 
     def _write_lease(self, store: FragmentStore | None, *, failed: bool = False, writes: _Writes | None = None) -> None:

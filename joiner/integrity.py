@@ -18,6 +18,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from joiner.arrow_arrays import arrow_to_numpy
 from joiner.errors import CollectionLengthError, KeyMismatchError
 from joiner.keys import key_tuples
 from joiner.merge import mismatched_rows
@@ -60,9 +61,9 @@ def verify_collection_lengths(
         counter = f"n{collection}"
         if collection is None or counter not in table.column_names or not is_list_type(table.schema.field(name).type):
             continue
-        lengths = pc.fill_null(pc.list_value_length(table.column(name)), 0).to_numpy()
+        lengths = arrow_to_numpy(pc.fill_null(pc.list_value_length(table.column(name)), 0))
         if counter not in counts_of:
-            counts_of[counter] = pc.fill_null(table.column(counter), 0).to_numpy()
+            counts_of[counter] = arrow_to_numpy(pc.fill_null(table.column(counter), 0))
         counts = counts_of[counter]
         bad = np.flatnonzero(matched & (lengths != counts))
         if len(bad):

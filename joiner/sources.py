@@ -22,6 +22,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joiner.arrow_arrays import arrow_to_numpy
 from joiner.errors import InputFileError, MissingColumnError, SpecError
 from joiner.keys import validate_key_array
 from joiner.spec import FileFormat
@@ -315,7 +316,7 @@ class ParquetSource:
             column = table.column(name)
             if column.null_count:
                 raise InputFileError(f"key column {name!r} holds nulls", path=self.path)
-            result.append(validate_key_array(name, column.to_numpy(), where=self.path))
+            result.append(validate_key_array(name, arrow_to_numpy(column), where=self.path))
         return result
 
     def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:

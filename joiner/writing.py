@@ -2,15 +2,19 @@
 
 A sink is opened with the output schema, takes chunks, and on `commit` writes the metadata and renames the
 temporary file onto the final name, so a reader (or a crashed run) never sees a partial output. `abort`
-removes the temporary file.
+removes the temporary file. A Parquet sink can also hand each block of bytes to an observer as it is
+written (the file is written front to back, never rewritten), so that a caller can upload the output while
+the rest of it is still being joined; a ROOT file is rewritten in place (uproot updates its headers), so
+its sink has no observer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +24,9 @@ import pyarrow.parquet as pq
 METADATA_KEY = "servicex_joiner"
 RUNS_KEY = "servicex_joiner.runs"
 ROOT_TREE_NAME = "servicex"
+
+OutputObserver = Callable[[bytes], None]
+"""Receives the output's bytes in order, block by block, as they are written (Parquet only)."""
 
 
 class Sink(Protocol):
@@ -43,16 +50,60 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [field.name for field in schema if pa.types.is_integer(field.type) or pa.types.is_boolean(field.type)]
 
 
-class ParquetSink:
-    """Parquet with zstd compression; the join metadata goes into the file's key-value metadata."""
+class _ObservedFile(io.RawIOBase):
+    """A local file being written that also hands every block to an observer, in order."""
 
-    def __init__(self, path: Path, schema: pa.Schema, *, runs: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, path: Path, observer: OutputObserver) -> None:
+        super().__init__()
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close(), with the writer
+        self._observer = observer
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        block = bytes(data)
+        written = self._file.write(block)
+        self._observer(block)
+        return written
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def close(self) -> None:
+        super().close()
+        self._file.close()
+
+
+class ParquetSink:
+    """Parquet with zstd compression; the join metadata goes into the file's key-value metadata.
+
+    With an `observer`, every block written goes to it as well (after the local write): at `commit` it
+    has seen exactly the bytes of the final file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        *,
+        runs: list[dict[str, Any]] | None = None,
+        observer: OutputObserver | None = None,
+    ) -> None:
         self.path = path
         self._tmp = _temporary(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._schema = schema
+        self._file = _ObservedFile(self._tmp, observer) if observer is not None else None
         self._writer = pq.ParquetWriter(
-            self._tmp, schema, compression="zstd", use_dictionary=dictionary_columns(schema)
+            self._file if self._file is not None else self._tmp,
+            schema,
+            compression="zstd",
+            use_dictionary=dictionary_columns(schema),
         )
         self._runs = runs
         self._rows = 0
@@ -69,12 +120,17 @@ class ParquetSink:
             extra[RUNS_KEY] = json.dumps(self._runs, default=float)
         self._writer.add_key_value_metadata(extra)
         self._writer.close()
+        if self._file is not None:
+            self._file.close()
         os.replace(self._tmp, self.path)
         return self.path.stat().st_size
 
     def abort(self) -> None:
         with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
         self._tmp.unlink(missing_ok=True)
 
 
@@ -161,8 +217,16 @@ def _fill_nulls(array: Any, data_type: pa.DataType) -> Any:
     return ak.fill_none(array, 0)
 
 
-def open_sink(path: Path, schema: pa.Schema, *, root: bool, runs: list[dict[str, Any]] | None) -> Sink:
-    return RootSink(path, schema, runs=runs) if root else ParquetSink(path, schema, runs=runs)
+def open_sink(
+    path: Path,
+    schema: pa.Schema,
+    *,
+    root: bool,
+    runs: list[dict[str, Any]] | None,
+    observer: OutputObserver | None = None,
+) -> Sink:
+    """A sink for `path`; `observer` sees a Parquet output's bytes as they are written (ignored for ROOT)."""
+    return RootSink(path, schema, runs=runs) if root else ParquetSink(path, schema, runs=runs, observer=observer)
 
 
 def read_join_metadata(path: str | Path) -> dict[str, Any]:

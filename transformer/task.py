@@ -77,11 +77,27 @@ class FragmentStoreLike(Protocol):
         """Store `data` under `name` in one complete write."""
 
 
+class OutputStream(Protocol):
+    """An object being stored while its output is written (`transformer.storage.streaming.StreamingUpload`)."""
+
+    def write(self, block: bytes) -> None:
+        """The output's next bytes."""
+
+    def abandon(self, reason: str) -> None:
+        """Give up; nothing is left stored."""
+
+    def finish(self) -> int | None:
+        """The stored size once the whole output is stored, or None: store the local file instead."""
+
+
 class ResultSink(Protocol):
     """Where a finished output file goes (an S3 bucket, a shared volume)."""
 
     def store_file(self, local_path: Path, name: str) -> int:
         """Store `local_path` under `name`, replacing any earlier one; return the stored size."""
+
+    def open_stream(self, name: str) -> OutputStream | None:
+        """Start storing `name` from an output's bytes as they are written, or None if this sink cannot."""
 
 
 class JoinFunction(Protocol):
@@ -101,6 +117,7 @@ class JoinFunction(Protocol):
         storage_options: Mapping[str, Any] | None = ...,
         path_check: Callable[[str], None] | None = ...,
         indexes: Mapping[str, DatasetIndex] | None = ...,
+        output_observer: Callable[[bytes], None] | None = ...,
     ) -> FileResult: ...
 
 
@@ -212,13 +229,15 @@ def _with_retries(
 
 @dataclass
 class _Produced:
-    """A replica turned into a result: a joined local file, or a cache entry to copy."""
+    """A replica turned into a result: a joined local file (maybe already streaming to the store), or a
+    cache entry to copy."""
 
     path: str
     name: str
     key: CacheKey | None
     result: FileResult | None = None
     cached: CachedResult | None = None
+    stream: OutputStream | None = None
 
 
 def transform_file(
@@ -326,7 +345,12 @@ def transform_file(
 
     def store() -> int:
         t0 = time.monotonic()
-        size = parts.sink.store_file(local, produced.name)
+        size: int | None = None
+        stream, produced.stream = produced.stream, None  # streamed once at most: a retry stores the file
+        if stream is not None:
+            size = stream.finish()  # what is left of an upload that ran while the file was written
+        if size is None:
+            size = parts.sink.store_file(local, produced.name)
         seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - t0
         return size
 
@@ -335,6 +359,8 @@ def transform_file(
     except _GaveUpError as error:
         return FileOutcome.failure(produced.path, f"storing the result: {error}", error.kind, started)
     finally:
+        if produced.stream is not None:
+            produced.stream.abandon("the file was not stored")
         local.unlink(missing_ok=True)
     counts = ResultCounts(result.events_out, result.events_in, dict(result.matched), dict(result.unmatched))
     use = CacheUse.OFF
@@ -402,6 +428,8 @@ def _produce(
                 log.info("request_id=%s file_id=%s result cache miss %s", *ids, key.digest[:16])
         local = Path(scratch_dir) / name
         log.info("request_id=%s file_id=%s joining %s", *ids, replica)
+        # a Parquet output is stored while it is written (a ROOT file is rewritten in place: stored after)
+        stream = parts.sink.open_stream(name) if output_format is OutputFormat.PARQUET else None
         try:
             result = parts.join(
                 spec,
@@ -415,14 +443,19 @@ def _produce(
                 storage_options=parts.storage_options,
                 path_check=parts.allowed,
                 indexes=indexes,
+                output_observer=stream.write if stream is not None else None,
             )
-        except InputFileError as error:
-            if isinstance(error, JoinError) and _is_friend_problem(error, replica):
+        except BaseException as error:
+            if stream is not None:
+                stream.abandon(f"the join failed: {type(error).__name__}")
+            if not isinstance(error, InputFileError) or (
+                isinstance(error, JoinError) and _is_friend_problem(error, replica)
+            ):
                 raise
             log.warning("request_id=%s file_id=%s replica %s unreadable: %s", *ids, replica, error)
             errors.append(str(error))
             continue
-        return _Produced(replica, name, key, result=result)
+        return _Produced(replica, name, key, result=result, stream=stream)
     raise InputFileError(
         f"none of the {len(replicas)} replica(s) could be read: " + " | ".join(errors), path=replicas[0]
     )

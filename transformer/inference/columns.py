@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from transformer.inference.errors import InferenceInputError
 from transformer.inference.model_check import EVENT_LEVEL, EntryPlan, InputPlan, OutputPlan
 
@@ -62,7 +63,7 @@ def gather(table: pa.Table, plan: EntryPlan) -> Gathered:
     valid = np.ones(n_rows, dtype=np.bool_)
     for array in arrays.values():
         if array.null_count:
-            valid &= array.is_valid().to_numpy(zero_copy_only=False)
+            valid &= arrow_to_numpy(array.is_valid())
 
     if plan.level == EVENT_LEVEL:
         for name, array in arrays.items():
@@ -87,12 +88,12 @@ def gather(table: pa.Table, plan: EntryPlan) -> Gathered:
         if not _is_primitive(array.type.value_type):
             raise InferenceInputError(f"model {plan.model!r}: column {name!r} holds {array.type.value_type}")
         list_type = list_type or array.type
-        kept = array if array.null_count == 0 and bool(valid.all()) else array.filter(pa.array(valid))
-        counts_by[name] = pc.list_value_length(kept).to_numpy(zero_copy_only=False).astype(np.int64)
+        kept = array if array.null_count == 0 and bool(valid.all()) else array.filter(numpy_to_arrow(valid))
+        counts_by[name] = arrow_to_numpy(pc.list_value_length(kept)).astype(np.int64)
         values = kept.flatten()
         if values.null_count:
             raise InferenceInputError(f"model {plan.model!r}: column {name!r} has null elements inside lists")
-        flat[name] = values.to_numpy(zero_copy_only=False)
+        flat[name] = arrow_to_numpy(values)
     first, *others = counts_by
     counts = counts_by[first]
     for name in others:
@@ -164,8 +165,8 @@ def _is_primitive(data_type: pa.DataType) -> bool:
 
 
 def _take_valid(array: pa.Array, valid: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    kept = array if bool(valid.all()) else array.filter(pa.array(valid))
-    values: np.ndarray[Any, Any] = kept.to_numpy(zero_copy_only=False)
+    kept = array if bool(valid.all()) else array.filter(numpy_to_arrow(valid))
+    values: np.ndarray[Any, Any] = arrow_to_numpy(kept)
     return values
 
 
@@ -180,10 +181,10 @@ def _stack(plan: InputPlan, values: dict[str, np.ndarray[Any, Any]], *, n: int) 
 
 def _event_column(values: np.ndarray[Any, Any], valid: np.ndarray[Any, Any], has_nulls: bool) -> pa.Array:
     if not has_nulls:
-        return pa.array(values)
+        return numpy_to_arrow(values)
     full = np.zeros(valid.shape[0], dtype=values.dtype)
     full[valid] = values
-    return pa.array(full, mask=~valid)
+    return numpy_to_arrow(full, mask=~valid)
 
 
 def _object_column(
@@ -203,8 +204,8 @@ def _object_column(
     item = list_type.value_field.with_type(arrow_type(out)).with_nullable(False)
     out_type = pa.large_list(item) if large else pa.list_(item)
     cls = pa.LargeListArray if large else pa.ListArray
-    null_mask = None if mask is None else pa.array(mask)
-    return cls.from_arrays(pa.array(offsets), pa.array(values), type=out_type, mask=null_mask)
+    null_mask = None if mask is None else numpy_to_arrow(mask)
+    return cls.from_arrays(numpy_to_arrow(offsets), numpy_to_arrow(values), type=out_type, mask=null_mask)
 
 
 def column_names(plans: Sequence[EntryPlan]) -> list[str]:

@@ -49,6 +49,9 @@ class LocalDirectorySink:
         except OSError as error:
             raise StorageError(f"cannot write {target}: {error}") from error
 
+    def open_stream(self, name: str) -> None:
+        """None: a volume is a local copy away, so results are stored whole (`store_file`)."""
+
 
 class LocalFragmentStore:
     """The engine's `FragmentStore` in a local directory (one file per content-addressed name)."""

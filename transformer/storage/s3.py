@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import urllib3
 from minio import Minio
@@ -24,6 +24,9 @@ from minio.error import MinioException, S3Error
 
 from transformer.errors import StorageError
 from transformer.settings import ObjectStoreSettings
+
+if TYPE_CHECKING:
+    from transformer.storage.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +241,12 @@ class S3ResultSink:
     def store_file(self, local_path: Path, name: str) -> int:
         """Upload `local_path` as object `name`; returns the stored object's size."""
         return self.store.upload_file(self.bucket, name, local_path)
+
+    def open_stream(self, name: str) -> StreamingUpload:
+        """Start uploading object `name` from the bytes of an output as it is written."""
+        from transformer.storage.streaming import StreamingUpload
+
+        return StreamingUpload(self.store, self.bucket, name)
 
 
 class S3FragmentStore:
