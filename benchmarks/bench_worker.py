@@ -195,6 +195,8 @@ def main() -> int:
                         help="JOINER_THREADS for the join command and every worker (default: all cores each); "
                              "1 is what a transformer pod limited to one CPU runs")
     parser.add_argument("--no-result-cache", action="store_true", help="JOINER_RESULT_CACHE=false for the workers")
+    parser.add_argument("--no-stream-uploads", action="store_true",
+                        help="JOINER_STREAM_UPLOADS=false for the workers (upload each result after it is written)")
     parser.add_argument("--keep", metavar="DIR", default=None,
                         help="work in DIR and keep it (worker logs with per-file stage seconds, outputs)")
     args = parser.parse_args()
@@ -216,6 +218,8 @@ def main() -> int:
             s3_env = {**server.env(), **settings}
             if args.no_result_cache:
                 s3_env["JOINER_RESULT_CACHE"] = "false"
+            if args.no_stream_uploads:
+                s3_env["JOINER_STREAM_UPLOADS"] = "false"
             for repeat in range(args.repeats):
                 s3_pid = server.process.pid
                 join = run_join(spec, work / f"join-out-{repeat}", s3_pid, settings)
@@ -235,7 +239,8 @@ def main() -> int:
             stop_seaweedfs(server)
     print(f"{args.files} files x {args.events} events, LZMA, aligned + reordered friend; {events} events; "
           f"medians of {args.repeats} interleaved repeats; JOINER_THREADS={args.threads or 'all cores'}, "
-          f"result cache {'off' if args.no_result_cache else 'on'}")
+          f"result cache {'off' if args.no_result_cache else 'on'}, "
+          f"uploads {'after the write' if args.no_stream_uploads else 'streamed'}")
     print(f"{'run':40s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'CPU us/event':>13s} {'S3 srv CPU s':>13s}")
     for name in names:
         wall = statistics.median(w for w, _, _ in runs[name])

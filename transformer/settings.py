@@ -99,6 +99,10 @@ class WorkerSettings(BaseSettings):
         default=True, validation_alias="JOINER_RESULT_CACHE",
         description="reuse results of identical (spec, input, friend index, model, format) keys across requests",
     )
+    stream_uploads: bool = Field(
+        default=True, validation_alias="JOINER_STREAM_UPLOADS",
+        description="upload a Parquet result in parts while it is written, instead of after it is written",
+    )
     metrics_host: str = Field(default="0.0.0.0", validation_alias="JOINER_METRICS_HOST")
     metrics_port: int = Field(default=8000, ge=0, le=65535, validation_alias="JOINER_METRICS_PORT")
 

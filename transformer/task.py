@@ -686,7 +686,7 @@ def build_collaborators(job: FileJob, spec: JoinSpec, runner: JobRunner | None =
 
         if store is None:
             raise PermanentFileError("result_destination is object-store but MINIO_URL is not set")
-        sink = S3ResultSink(store, job.task.request_id)
+        sink = S3ResultSink(store, job.task.request_id, stream=settings.worker.stream_uploads)
         if settings.worker.result_cache:
             from transformer.result_cache import ResultCache
 

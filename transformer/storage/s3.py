@@ -232,18 +232,24 @@ class S3Store:
 
 
 class S3ResultSink:
-    """Stores result files as objects of bucket `<request_id>` (the ServiceX output layout)."""
+    """Stores result files as objects of bucket `<request_id>` (the ServiceX output layout).
 
-    def __init__(self, store: S3Store, bucket: str) -> None:
+    With `stream`, a result may be uploaded while it is written (`open_stream`).
+    """
+
+    def __init__(self, store: S3Store, bucket: str, *, stream: bool = True) -> None:
         self.store = store
         self.bucket = bucket
+        self.stream = stream
 
     def store_file(self, local_path: Path, name: str) -> int:
         """Upload `local_path` as object `name`; returns the stored object's size."""
         return self.store.upload_file(self.bucket, name, local_path)
 
-    def open_stream(self, name: str) -> StreamingUpload:
-        """Start uploading object `name` from the bytes of an output as it is written."""
+    def open_stream(self, name: str) -> StreamingUpload | None:
+        """Start uploading object `name` from the bytes of an output as it is written (None: not streaming)."""
+        if not self.stream:
+            return None
         from transformer.storage.streaming import StreamingUpload
 
         return StreamingUpload(self.store, self.bucket, name)

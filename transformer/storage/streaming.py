@@ -48,6 +48,7 @@ class _BytePipe:
         self._buffered = 0
         self._closed = False
         self._failure: str | None = None
+        self._wanted = 0  # what the waiting reader needs: it is woken only when it can go on
         self._changed = threading.Condition()
 
     @property
@@ -65,7 +66,8 @@ class _BytePipe:
                 return
             self._blocks.append(block)
             self._buffered += len(block)
-            self._changed.notify_all()
+            if self._buffered >= self._wanted:
+                self._changed.notify_all()
 
     def close(self) -> None:
         """No more blocks: the reader gets the rest, then end of file."""
@@ -88,8 +90,10 @@ class _BytePipe:
     def read(self, size: int = -1) -> bytes:
         """Up to `size` bytes (all that is left with -1): fewer only at the end of the stream."""
         with self._changed:
+            self._wanted = self._limit if size < 0 else size
             while self._failure is None and not self._closed and (size < 0 or self._buffered < size):
                 self._changed.wait()
+            self._wanted = 0
             if self._failure is not None:
                 raise _AbandonedError(self._failure)
             wanted = self._buffered if size < 0 else min(size, self._buffered)
