@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PART_BYTES = 5 * 1024 * 1024  # S3's smallest part: the smallest tail left after the write
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # beyond this the store is too slow: give up streaming, upload the file
+ABANDON_WAIT_S = 5.0
 
 
 class _AbandonedError(IOError):
@@ -148,9 +149,14 @@ class StreamingUpload:
         self._pipe.write(block)
 
     def abandon(self, reason: str) -> None:
-        """Give the upload up (the output failed, or will be stored otherwise); nothing is left behind."""
+        """Give the upload up (the output failed, or will be stored otherwise); nothing is left behind.
+
+        No object can appear after this: minio writes one only after the end of the stream, which a given-up
+        pipe never reaches. The upload thread is given a moment to abort its multipart upload, not waited
+        for: a store that hangs must not hold the file's failure report.
+        """
         self._pipe.fail(reason)
-        self._thread.join()
+        self._thread.join(ABANDON_WAIT_S)
 
     def finish(self) -> int | None:
         """Wait for the upload to complete; the stored object's size, or None if streaming failed.
