@@ -6,8 +6,8 @@ behind the rest of the write (and, for files of several chunks, behind the join 
 what is left after the join is the last part and the completion of the upload.
 
 Owns the hand-over between the writer (the engine, through `joiner.writing.OutputObserver`) and one upload
-thread that runs `minio.Minio.put_object` on a pipe of unknown length: minio sends parts of `part_size`
-(several in flight) once the pipe holds them, and one plain PUT when the whole output fits in one part.
+thread that runs `minio.Minio.put_object` on a pipe of unknown length: minio sends each part of `part_size`
+once the pipe holds it, and one plain PUT when the whole output fits in one part.
 Streaming is only ever an optimisation: the local file is written in full either way, and whatever goes
 wrong on the way (the store fails, the writer fails, the buffer fills up because the store is slower than
 the join) abandons the upload (an unfinished multipart upload is aborted, so no object appears) and
@@ -185,8 +185,11 @@ class StreamingUpload:
     def _upload(self) -> None:
         try:
             self.store.ensure_bucket(self.bucket)
+            # one part at a time, in this thread: the writer produces them one after another, and each goes
+            # up faster than the next is written, so parallel part uploads would only add threads
             self.store.client.put_object(
-                self.bucket, self.name, cast(BinaryIO, self._pipe), length=-1, part_size=self.part_size
+                self.bucket, self.name, cast(BinaryIO, self._pipe), length=-1, part_size=self.part_size,
+                num_parallel_uploads=1,
             )
         except _AbandonedError:
             pass  # minio aborted its multipart upload; the pipe holds the reason
