@@ -18,7 +18,7 @@ _HANDLERS = {
     "demo": "transformer.commands.demo:run",
     "generate": "transformer.commands.generate:run",
     "index": "transformer.commands.index:run",
-    "worker": "transformer.worker:run_from_args",
+    "worker": "transformer.worker_start:run_from_args",
     "transform": "transformer.science:run_from_args",
     "serve": "transformer.api.server:run_from_args",
     "cache-clean": "transformer.cache_clean:run_from_args",

@@ -15,8 +15,10 @@ import logging
 import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformer.settings import Settings
+if TYPE_CHECKING:
+    from transformer.settings import Settings
 
 log = logging.getLogger(__name__)
 

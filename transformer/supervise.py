@@ -115,6 +115,18 @@ class _Child:
         return code
 
 
+def start_fork_server(preload: Sequence[str]) -> None:
+    """Start the `forkserver` now, importing `preload`, so that its imports overlap this process's own.
+
+    `Supervisor(..., start_method="forkserver")` then forks its children from this server (there is one
+    per process); without this call the server starts with the first child.
+    """
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    multiprocessing.forkserver.ensure_running()
+
+
 class Supervisor(Generic[A, R]):
     """Starts, feeds and watches the long-lived child process of one worker.
 

@@ -42,14 +42,10 @@ from transformer.models import (
 from transformer.servicex import AppClient
 from transformer.settings import Settings, get_settings
 from transformer.supervise import Supervisor
+from transformer.worker_start import CHILD_PRELOAD
 
 log = logging.getLogger(__name__)
 
-# Imported once by the fork server, so that a new transform process starts warm.
-CHILD_PRELOAD = (
-    "transformer.task", "transformer.index_memory", "transformer.result_cache", "joiner.engine", "joiner.index",
-    "joiner.spec", "uproot", "awkward", "pyarrow.parquet", "minio",
-)
 _REMEMBERED_FILES = 100_000
 
 
