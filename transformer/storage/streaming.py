@@ -165,11 +165,11 @@ class StreamingUpload:
         """
         self._pipe.close()
         self._thread.join()
-        if self._pipe.failure is not None:
-            log.info("streamed upload of %s given up (%s): uploading the file instead", self.name, self._pipe.failure)
-            return None
         if self._error is not None:
             log.warning("streamed upload of %s failed (%s): uploading the file instead", self.name, self._error)
+            return None
+        if self._pipe.failure is not None:
+            log.info("streamed upload of %s given up (%s): uploading the file instead", self.name, self._pipe.failure)
             return None
         try:
             size = self.store.size(self.bucket, self.name)
