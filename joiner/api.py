@@ -164,7 +164,7 @@ def join(
             for lk, fk in zip(result_keys, friend_keys, strict=True)
         ]
         key_table = pa.Table.from_arrays(
-            [numpy_to_arrow(k).cast(key_table.schema.field(n).type) for k, n in zip(result_keys, names, strict=True)],
+            [numpy_to_arrow(k, key_table.schema.field(n).type) for k, n in zip(result_keys, names, strict=True)],
             names=names,
         )
         body, gathered = take_rows_many([(body, match.left_rows), (friend_body, match.right_rows)])

@@ -680,7 +680,7 @@ def _with_keys(
     table: pa.Table, names: Sequence[str], keys: Sequence[npt.NDArray[np.integer]], types: Sequence[pa.DataType]
 ) -> pa.Table:
     """`table` with the key columns in front (cast to the primary's key types)."""
-    columns = [numpy_to_arrow(k).cast(t) for k, t in zip(keys, types, strict=True)]
+    columns = [numpy_to_arrow(k, t) for k, t in zip(keys, types, strict=True)]
     result = pa.Table.from_arrays(columns, names=list(names))
     for name in table.column_names:
         if name not in names:

@@ -26,7 +26,6 @@ from types import FrameType
 from typing import Any
 
 from transformer.errors import AppCallbackError, AppRejectedError, FileDeadlineError, TransformCrashError
-from transformer.facility_settings import apply_facility_settings
 from transformer.job import RESULT_FORMATS, CacheUse, FileJob, FileOutcome, load_spec_text, make_runner
 from transformer.messaging.codec import decode_task
 from transformer.messaging.consumer import Action, ConsumerError, Decision, Delivery, Pump, QueueConsumer
@@ -325,9 +324,8 @@ def check_models(config: WorkerConfig, settings: Settings) -> str | None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Entry of the `worker` subcommand."""
-    # the facility's settings shipped in the generated code, where the pod's environment has none
-    apply_facility_settings(Path(args.spec).parent)
+    """Entry of the `worker` subcommand, once `transformer.worker_start` has applied the facility settings
+    shipped in the generated code and started the fork server."""
     settings = get_settings()
     level: Any = logging.getLevelName(settings.log_level.upper())
     # LOG_LEVEL applies unless --log-level was given explicitly.
