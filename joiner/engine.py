@@ -169,6 +169,7 @@ def resolve_friend_indexes(
             file_format=friend.format,
             store=fragment_store,
             storage_options=storage_options,
+            key_branches=spec.key_branches(friend),
         )
     return indexes
 
@@ -195,6 +196,7 @@ def resolve_primary_index(
         file_format=None,
         store=fragment_store,
         storage_options=storage_options,
+        key_branches=spec.key_branches(),
     )
 
 
@@ -313,6 +315,7 @@ class _FileJoin:
             file_format=index.file_format,
             storage_options=self.options,
             window=self.chunk,
+            key_branches=index.key_branches,
         )
 
     def _own_fragment(self, source: TableSource, dataset: str) -> KeyFragment:
@@ -420,7 +423,12 @@ class _FileJoin:
 
     def _primary_chunks(self) -> tuple[Iterator[pa.Table], pa.Schema, list[dict[str, Any]] | None]:
         mark = time.perf_counter()
-        source = open_source(self.input_path, tree=self.spec.primary_tree, storage_options=self.options)
+        source = open_source(
+            self.input_path,
+            tree=self.spec.primary_tree,
+            storage_options=self.options,
+            key_branches=self.spec.key_branches(),
+        )
         self.inputs.append(source.identity().as_dict())
         friend_indexes = [self._friend_index(friend) for friend in self.spec.friends]
         pools = [self._pool(index) for index in friend_indexes]
@@ -586,6 +594,7 @@ class _FileJoin:
             tree=self.spec.friend_tree(friend),
             file_format=friend.format_of(self.input_path),
             storage_options=self.options,
+            key_branches=self.spec.key_branches(friend),
         )
         self.inputs.append(source.identity().as_dict())
         friend_index = self._friend_index(friend)

@@ -23,6 +23,7 @@ class InputFileError(JoinError, OSError):
     """An input file cannot be read as asked: missing, truncated, not ROOT/Parquet, or no such tree."""
 
     def __init__(self, message: str, *, path: str | None = None, tree: str | None = None) -> None:
+        self.reason = message  # without the file and tree, for callers that add context of their own
         self.path = path
         self.tree = tree
         where = ""

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.sources import StorageOptions, TableSource, open_source
-from joiner.spec import FileFormat
+from joiner.spec import FileFormat, KeyBranches
 from joiner.threads import thread_count, thread_pool
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
@@ -58,8 +58,10 @@ class SourcePool:
         storage_options: StorageOptions | None,
         window: int = 250_000,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        key_branches: KeyBranches | None = None,
     ) -> None:
         self.paths = list(paths)
+        self._key_branches = key_branches
         self.window = max(1, window)
         self._tree = tree
         self._format = file_format
@@ -72,7 +74,11 @@ class SourcePool:
     def source(self, position: int) -> TableSource:
         if position not in self._open:
             self._open[position] = open_source(
-                self.paths[position], tree=self._tree, file_format=self._format, storage_options=self._options
+                self.paths[position],
+                tree=self._tree,
+                file_format=self._format,
+                storage_options=self._options,
+                key_branches=self._key_branches,
             )
         return self._open[position]
 

@@ -35,7 +35,7 @@ from joiner.errors import InputFileError
 from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_order, union_ranges
 from joiner.merge import match_keys, sort_packed
 from joiner.sources import FileIdentity, StorageOptions, TableSource, open_source
-from joiner.spec import DuplicatePolicy, FileFormat, How
+from joiner.spec import DuplicatePolicy, FileFormat, How, KeyBranches
 from joiner.threads import thread_count
 
 INDEX_FORMAT_VERSION = 1
@@ -193,7 +193,7 @@ def build_fragment(source: TableSource, key_columns: Sequence[str], *, chunk: in
     return KeyFragment(
         identity=source.identity(),
         tree=source.tree,
-        key_columns=tuple(key_columns),
+        key_columns=tuple(source.key_branch_names(key_columns)),  # the branches read: part of its address
         num_entries=n,
         keys=sorted_keys,
         entries=order.astype(np.int64),
@@ -294,6 +294,7 @@ class DatasetIndex:
     fragments: list[KeyFragment]
     file_format: FileFormat | None = None
     tree: str | None = None
+    key_branches: KeyBranches | None = None
 
     def candidates(self, keys: Sequence[npt.NDArray[np.integer]]) -> Candidates:
         """All rows of overlapping fragments whose keys lie within the min/max key of `keys`."""
@@ -363,9 +364,10 @@ def load_fragment(
     file_format: FileFormat | None,
     store: FragmentStore | None,
     storage_options: StorageOptions | None = None,
+    key_branches: KeyBranches | None = None,
 ) -> KeyFragment:
     """The fragment of one file: from the store when cached under its content address, else built."""
-    job = _FragmentJob.open(path, tree, key_columns, file_format, storage_options)
+    job = _FragmentJob.open(path, tree, key_columns, file_format, storage_options, key_branches)
     return job.cached(store) or job.build(store)
 
 
@@ -436,9 +438,13 @@ class _FragmentJob:
         key_columns: Sequence[str],
         file_format: FileFormat | None,
         storage_options: StorageOptions | None,
+        key_branches: KeyBranches | None = None,
     ) -> _FragmentJob:
-        source = open_source(path, tree=tree, file_format=file_format, storage_options=storage_options)
-        return cls(source, key_columns, fragment_name(source.identity(), source.tree, key_columns))
+        source = open_source(
+            path, tree=tree, file_format=file_format, storage_options=storage_options, key_branches=key_branches
+        )
+        branches = source.key_branch_names(key_columns)  # the address names what is read
+        return cls(source, key_columns, fragment_name(source.identity(), source.tree, branches))
 
     def cached(self, store: FragmentStore | None) -> KeyFragment | None:
         if store is None:
@@ -498,7 +504,7 @@ def _naming_the_dataset(name: str) -> Iterator[None]:
     try:
         yield
     except InputFileError as error:
-        raise InputFileError(f"friend dataset {name!r}: {error}", path=error.path, tree=error.tree) from None
+        raise type(error)(f"friend dataset {name!r}: {error.reason}", path=error.path, tree=error.tree) from None
 
 
 def build_dataset_index(
@@ -511,13 +517,15 @@ def build_dataset_index(
     store: FragmentStore | None = None,
     storage_options: StorageOptions | None = None,
     shuffle_seed: int | None = None,
+    key_branches: KeyBranches | None = None,
 ) -> DatasetIndex:
     """Fragments of every file, shared out among workers that build the same dataset at the same time.
 
     Files are visited in a shuffled order; a fragment that is cached is loaded, one that another worker
     holds a lease on is left for the end, and the others are leased and built. At the end the left-over
     fragments are awaited (or built, if their builder's lease went stale). N workers starting together on a
-    new dataset thus read its friend keys about once in all, not N times.
+    new dataset thus read its friend keys about once in all, not N times. `key_branches` says where the
+    dataset's files keep the key columns (default: branches named as the columns).
     """
     order = list(range(len(paths)))
     random.Random(shuffle_seed).shuffle(order)
@@ -527,7 +535,7 @@ def build_dataset_index(
     try:
         for position in order:
             with _naming_the_dataset(name):
-                job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
+                job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options, key_branches)
                 fragment = job.cached(store)
                 if fragment is None:
                     if not job.take_lease(store, writes):
@@ -541,6 +549,8 @@ def build_dataset_index(
     writes.wait()
     for position in leased_elsewhere:
         with _naming_the_dataset(name):
-            job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options)
+            job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options, key_branches)
             fragments[position] = job.await_or_build(store)
-    return DatasetIndex(name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree)
+    return DatasetIndex(
+        name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree, key_branches
+    )

@@ -10,13 +10,14 @@ elements are never nullable; a missing row is a null at the list level.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from joiner.errors import SchemaError
+from joiner.errors import MissingColumnError, SchemaError
 from joiner.sources import TableSource
 from joiner.spec import FriendSpec, How, JoinSpec
 
@@ -83,8 +84,16 @@ def _types_of(source: TableSource, names: Sequence[str]) -> list[pa.DataType]:
     return [empty.schema.field(name).type for name in names]
 
 
+def _key_names(spec: JoinSpec, source: TableSource) -> set[str]:
+    """The key's names in `source`: never data columns (the output carries the key under the spec's names)."""
+    names = set(spec.key_columns)
+    with contextlib.suppress(MissingColumnError):  # a file without its key fails where the key is read
+        names.update(source.key_branch_names(spec.key_columns))
+    return names
+
+
 def _primary_columns(spec: JoinSpec, source: TableSource, needed_counters: set[str]) -> list[str]:
-    keys = set(spec.key_columns)
+    keys = _key_names(spec, source)
     names = [n for n in source.resolve_columns(spec.primary.columns) if n not in keys] if spec.primary.columns else []
     chosen = set(names)
     # NanoAOD-style output carries the counter of every collection it has jagged columns of
@@ -102,7 +111,7 @@ def _primary_columns(spec: JoinSpec, source: TableSource, needed_counters: set[s
 
 
 def _friend_side(spec: JoinSpec, friend: FriendSpec, source: TableSource, *, right_only: bool) -> SidePlan:
-    keys = set(spec.key_columns)
+    keys = _key_names(spec, source)
     names = [n for n in source.resolve_columns(friend.columns) if n not in keys]
     types = _types_of(source, names)
     # a friend's columns are missing on a row only where its join can leave a primary row unmatched
@@ -116,7 +125,7 @@ def needed_primary_counters(spec: JoinSpec, friend_sources: Sequence[TableSource
         return set()
     counters = set()
     for friend, source in zip(spec.friends, friend_sources, strict=True):
-        keys = set(spec.key_columns)
+        keys = _key_names(spec, source)
         for name in source.resolve_columns(friend.columns):
             if name in keys:
                 continue
@@ -134,7 +143,7 @@ def make_plan(spec: JoinSpec, primary_source: TableSource, friend_sources: Seque
     primary = SidePlan(
         "primary", primary_names, list(primary_names), _types_of(primary_source, primary_names), has_outer
     )
-    key_types = _types_of(primary_source, list(spec.key_columns))
+    key_types = _types_of(primary_source, primary_source.key_branch_names(spec.key_columns))
     friends = [
         _friend_side(spec, friend, source, right_only=friend.how is How.RIGHT)
         for friend, source in zip(spec.friends, friend_sources, strict=True)

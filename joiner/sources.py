@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from joiner.arrow_arrays import arrow_to_numpy
 from joiner.errors import InputFileError, MissingColumnError, SpecError
 from joiner.keys import validate_key_array
-from joiner.spec import FileFormat
+from joiner.spec import FileFormat, KeyBranches
 from joiner.threads import thread_pool
 
 StorageOptions = Mapping[str, Any]
@@ -61,6 +61,8 @@ class TableSource(Protocol):
     def resolve_columns(self, patterns: Sequence[str]) -> list[str]: ...
 
     def has_column(self, name: str) -> bool: ...
+
+    def key_branch_names(self, names: Sequence[str]) -> list[str]: ...
 
     def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]: ...
 
@@ -104,14 +106,27 @@ def _match_names(available: Sequence[str], patterns: Sequence[str], where: str, 
     return chosen
 
 
+def _key_branch_names(
+    key_branches: KeyBranches | None, available: set[str], names: Sequence[str], path: str, tree: str | None
+) -> list[str]:
+    return (key_branches or KeyBranches.named(names)).resolve(available, names, path=path, tree=tree)
+
+
 class RootSource:
     """A TTree in a ROOT file, read with uproot."""
 
-    def __init__(self, path: str, tree: str, storage_options: StorageOptions | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        tree: str,
+        storage_options: StorageOptions | None = None,
+        key_branches: KeyBranches | None = None,
+    ) -> None:
         import uproot
 
         self.path = path
         self.tree = tree
+        self._key_branches = key_branches
         options = dict(storage_options or {})
         try:
             # no array cache: every range is read once, and memory must stay bounded by the chunk
@@ -153,12 +168,16 @@ class RootSource:
         if missing:
             raise MissingColumnError(f"no branch {missing}", path=self.path, tree=self.tree)
 
+    def key_branch_names(self, names: Sequence[str]) -> list[str]:
+        """The branches this tree keeps the key columns `names` in (see `KeyBranches`)."""
+        return _key_branch_names(self._key_branches, self._name_set, names, self.path, self.tree)
+
     def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]:
-        self._check(names)
+        branches = self.key_branch_names(names)
         try:
             arrays = self._tree.arrays(
                 decompression_executor=thread_pool(),
-                expressions=list(names),
+                expressions=branches,
                 library="np",
                 entry_start=start,
                 entry_stop=stop,
@@ -168,7 +187,7 @@ class RootSource:
                 f"cannot read key branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
             ) from None
         where = f"{self.path} [{self.tree}]"
-        return [validate_key_array(name, arrays[name], where=where) for name in names]
+        return [validate_key_array(branch, arrays[branch], where=where) for branch in branches]
 
     def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:
         self._check(names)
@@ -247,9 +266,12 @@ def awkward_to_arrow(arrays: ak.Array, names: Sequence[str]) -> pa.Table:
 class ParquetSource:
     """A Parquet file (for example another ServiceX request's output), read with pyarrow (fsspec URLs)."""
 
-    def __init__(self, path: str, storage_options: StorageOptions | None = None) -> None:
+    def __init__(
+        self, path: str, storage_options: StorageOptions | None = None, key_branches: KeyBranches | None = None
+    ) -> None:
         self.path = path
         self.tree = None
+        self._key_branches = key_branches
         try:
             if "://" in path and not path.startswith("file://"):
                 import fsspec
@@ -309,10 +331,15 @@ class ParquetSource:
         offset = start - (first_row or 0)
         return table.slice(offset, stop - start)
 
+    def key_branch_names(self, names: Sequence[str]) -> list[str]:
+        """The columns this file keeps the key columns `names` in (see `KeyBranches`)."""
+        return _key_branch_names(self._key_branches, self._name_set, names, self.path, None)
+
     def read_keys(self, names: Sequence[str], start: int, stop: int) -> list[npt.NDArray[np.integer]]:
-        table = self._read(names, start, stop)
+        columns = self.key_branch_names(names)
+        table = self._read(columns, start, stop)
         result = []
-        for name in names:
+        for name in columns:
             column = table.column(name)
             if column.null_count:
                 raise InputFileError(f"key column {name!r} holds nulls", path=self.path)
@@ -330,15 +357,23 @@ class ParquetSource:
 
 
 def open_source(
-    path: str, *, tree: str, file_format: FileFormat | None = None, storage_options: StorageOptions | None = None
+    path: str,
+    *,
+    tree: str,
+    file_format: FileFormat | None = None,
+    storage_options: StorageOptions | None = None,
+    key_branches: KeyBranches | None = None,
 ) -> TableSource:
-    """Open a ROOT tree or a Parquet file (format by argument, else by extension)."""
+    """Open a ROOT tree or a Parquet file (format by argument, else by extension).
+
+    `key_branches` says where its dataset keeps the key columns (default: branches named as the columns).
+    """
     if file_format is None:
         lowered = path.lower().split("?")[0]
         file_format = FileFormat.PARQUET if lowered.endswith((".parquet", ".pq")) else FileFormat.ROOT
     if file_format is FileFormat.PARQUET:
-        return ParquetSource(path, storage_options)
-    return RootSource(path, tree, storage_options)
+        return ParquetSource(path, storage_options, key_branches)
+    return RootSource(path, tree, storage_options, key_branches)
 
 
 def file_identity(path: str, storage_options: StorageOptions | None = None, *, tree: str = "Events") -> FileIdentity:

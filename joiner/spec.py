@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from joiner.errors import SpecError
+from joiner.errors import MissingColumnError, SpecError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -39,6 +41,17 @@ PRESET_KEYS: dict[KeyPreset, tuple[str, ...]] = {
         "EventInfoAuxDyn.eventNumber",
     ),
 }
+# Other names of the presets' key branches in files made from those formats: a flat ATLAS ntuple, or a friend
+# tree written by an analysis framework, keeps EventInfo's numbers as plain `runNumber`, `eventNumber`.
+_SAME_KEY_BRANCHES = (
+    ("EventInfoAuxDyn.runNumber", "runNumber"),
+    ("EventInfoAuxDyn.eventNumber", "eventNumber"),
+    ("EventInfoAuxDyn.mcChannelNumber", "mcChannelNumber"),
+)
+KEY_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    **{full: (flat,) for full, flat in _SAME_KEY_BRANCHES},
+    **{flat: (full,) for full, flat in _SAME_KEY_BRANCHES},
+}
 PRESET_TREES: dict[KeyPreset, str] = {
     KeyPreset.CMS: "Events",
     KeyPreset.ATLAS: "CollectionTree",
@@ -55,6 +68,56 @@ class How(StrEnum):
     RIGHT = "right"
     OUTER = "outer"
     ANTI = "anti"
+
+
+@dataclass(frozen=True)
+class KeyBranches:
+    """Where the files of one dataset keep the key: per key column, the branch names it may have there.
+
+    The spec names the key once (`run, luminosityBlock, event`; `EventInfoAuxDyn.runNumber, ...`), but the
+    datasets joined on it need not spell it alike: a flat ATLAS ntuple keeps `runNumber` where PHYSLITE has
+    `EventInfoAuxDyn.runNumber` (`KEY_ALTERNATIVES`), and a friend may name its own key branches (`key:`).
+    Each file takes, per key column, the first of its names that the file has; the output always carries
+    the spec's names.
+
+    Args:
+        choices: per key column, in the key's order: (the spec's name, the branch names in order of
+            preference).
+    """
+
+    choices: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @classmethod
+    def named(cls, names: Sequence[str]) -> KeyBranches:
+        """Key branches named exactly as the key columns."""
+        return cls(tuple((name, (name,)) for name in names))
+
+    def candidates(self, name: str) -> tuple[str, ...]:
+        """The branch names key column `name` may have (only itself, for a column this does not know)."""
+        for column, branches in self.choices:
+            if column == name:
+                return branches
+        return (name,)
+
+    def resolve(
+        self, available: Collection[str], names: Sequence[str], *, path: str | None = None, tree: str | None = None
+    ) -> list[str]:
+        """The branch of each key column in a file (`path`, `tree`) holding the branches `available`.
+
+        Raises:
+            MissingColumnError: a key column has none of its names there (the message lists them).
+        """
+        chosen, missing = [], []
+        for name in names:
+            branches = self.candidates(name)
+            found = next((branch for branch in branches if branch in available), None)
+            if found is None:
+                missing.append(repr(name) if branches == (name,) else f"{name!r} (nor {', '.join(branches[1:])})")
+            else:
+                chosen.append(found)
+        if missing:
+            raise MissingColumnError(f"no key branch {', '.join(missing)}", path=path, tree=tree)
+        return chosen
 
 
 class FileFormat(StrEnum):
@@ -121,6 +184,11 @@ class FriendSpec(_Strict):
     how: How = How.LEFT
     prefix: str = Field(default="", description="Prepended to this friend's column names.")
     format: FileFormat | None = Field(default=None, description="root or parquet; default by extension.")
+    key: list[str] | None = Field(
+        default=None,
+        description="This friend's key branches, in the order of the spec's key, where they are named otherwise "
+        "(e.g. [runNumber, eventNumber]).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -147,6 +215,11 @@ class FriendSpec(_Strict):
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         return _non_empty_names(value, "list")
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _non_empty_names(value, "key")
 
     def format_of(self, path: str) -> FileFormat:
         """The format of one of this friend's files: the spec's `format`, else by the file's extension."""
@@ -244,6 +317,13 @@ class JoinSpec(_Strict):
         names = [f.name for f in self.friends]
         if len(set(names)) != len(names):
             raise ValueError(f"friend names must be unique, got {names}")
+        for friend in self.friends:
+            if friend.key is not None and len(friend.key) != len(self.key_columns):
+                raise ValueError(
+                    f"friend {friend.name!r} names {len(friend.key)} key branches {friend.key}, but the key has "
+                    f"{len(self.key_columns)} columns {list(self.key_columns)}: name one branch per key column, "
+                    "in the same order"
+                )
         outer_like = [f.name for f in self.friends if f.how in (How.RIGHT, How.OUTER)]
         if outer_like and len(self.friends) != 1:
             raise ValueError(
@@ -278,9 +358,24 @@ class JoinSpec(_Strict):
     def friend_tree(self, friend: FriendSpec) -> str:
         return friend.tree or self.default_tree
 
+    def key_branches(self, friend: FriendSpec | None = None) -> KeyBranches:
+        """Where the files of `friend` (None: of the primary) keep the key columns."""
+        if friend is not None and friend.key is not None:
+            named = zip(self.key_columns, friend.key, strict=True)
+            return KeyBranches(tuple((name, (branch,)) for name, branch in named))
+        return KeyBranches(tuple((name, (name, *KEY_ALTERNATIVES.get(name, ()))) for name in self.key_columns))
+
     def normalised(self) -> dict[str, Any]:
-        """A canonical JSON-able form: defaults filled, enums as strings (what the codegen ships)."""
-        return self.model_dump(mode="json")
+        """A canonical JSON-able form: defaults filled, enums as strings (what the codegen ships).
+
+        A friend's `key` appears only where it is set, so that specs without one keep their hash (result
+        cache entries stay valid across versions).
+        """
+        data = self.model_dump(mode="json")
+        for friend in data["friends"]:
+            if friend.get("key") is None:
+                friend.pop("key", None)
+        return data
 
     def canonical_json(self, *, without_primary_files: bool = False) -> str:
         """Sorted, compact JSON: the same spec always gives the same text (client cache, result cache)."""

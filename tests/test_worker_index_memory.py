@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from joiner.engine import Role
-from joiner.errors import DuplicateKeyError
+from joiner.errors import DuplicateKeyError, MissingColumnError
 from joiner.index import DatasetIndex
 from joiner.spec import DuplicatePolicy, JoinSpec, parse_spec
 from tests.worker_support import write_friend
@@ -96,3 +96,26 @@ def test_locations_are_checked_on_every_file(friends: Path) -> None:
     memory.resolve(spec, Role.PRIMARY, path_check=AllowedLocations([str(friends)]))
     with pytest.raises(LocationNotAllowedError):
         memory.resolve(spec, Role.PRIMARY, path_check=AllowedLocations(["/elsewhere/"]))
+
+
+def test_a_friend_with_its_own_key_names_is_indexed_by_them(tmp_path: Path, data_dir: Path) -> None:
+    import uproot
+
+    events = uproot.open(data_dir / "nano_dy.root")["Events"].arrays(["run", "luminosityBlock", "event"], library="np")
+    with uproot.recreate(tmp_path / "renamed.root") as out:
+        out["Events"] = {"RUN": events["run"][::-1], "LUMI": events["luminosityBlock"][::-1],
+                         "EVT": events["event"][::-1]}
+    spec = parse_spec({
+        "primary": {"columns": ["nMuon"]}, "key": "cms",
+        "friends": [{"name": "r", "files": [str(tmp_path / "renamed.root")], "columns": ["*"],
+                     "key": ["RUN", "LUMI", "EVT"]}],
+    })
+    store = LocalFragmentStore(tmp_path / "cache")
+    index = IndexMemory().resolve(spec, Role.PRIMARY, fragment_store=store)["r"]
+    assert index.key_branches is not None and index.key_branches.candidates("event") == ("EVT",)
+    (fragment,) = index.fragments
+    assert fragment.key_columns == ("RUN", "LUMI", "EVT") and fragment.num_entries == len(events["event"])
+    # the same file read under the spec's own names is another fragment (its key branches are absent)
+    plain = parse_spec({**spec.normalised(), "friends": [{**spec.normalised()["friends"][0], "key": None}]})
+    with pytest.raises(MissingColumnError, match="no key branch 'run'"):
+        IndexMemory().resolve(plain, Role.PRIMARY, fragment_store=store)

@@ -22,7 +22,7 @@ from typing import Any
 from joiner.engine import Role, resolve_primary_index
 from joiner.index import DatasetIndex, FragmentStore, build_dataset_index
 from joiner.sources import expand_paths, open_source
-from joiner.spec import DuplicatePolicy, FileFormat, JoinSpec
+from joiner.spec import DuplicatePolicy, FileFormat, JoinSpec, KeyBranches
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class _Dataset:
     patterns: tuple[str, ...]
     tree: str
     file_format: FileFormat | None
+    key_branches: KeyBranches
 
 
 class IndexMemory:
@@ -86,13 +87,14 @@ class IndexMemory:
             StorageError/OSError: the fragment store or a remote file could not be reached (retryable).
         """
         datasets = [
-            _Dataset(friend.name, tuple(friend.files), spec.friend_tree(friend), friend.format)
+            _Dataset(friend.name, tuple(friend.files), spec.friend_tree(friend), friend.format,
+                     spec.key_branches(friend))
             for friend in spec.friends
         ]
         if role is not Role.PRIMARY:
             if not spec.primary.files:
                 resolve_primary_index(spec)  # raises the engine's SpecError naming what is missing
-            datasets.append(_Dataset(PRIMARY, tuple(spec.primary.files), spec.primary_tree, None))
+            datasets.append(_Dataset(PRIMARY, tuple(spec.primary.files), spec.primary_tree, None, spec.key_branches()))
         return {
             dataset.name: self._dataset(
                 dataset, spec.key_columns, spec.duplicates, fragment_store, storage_options, path_check
@@ -122,7 +124,7 @@ class IndexMemory:
         fingerprints = [local_fingerprint(path) for path in paths]  # before reading: a later change shows
         index = build_dataset_index(
             dataset.name, paths, tree=dataset.tree, key_columns=key_columns, file_format=dataset.file_format,
-            store=store, storage_options=options,
+            store=store, storage_options=options, key_branches=dataset.key_branches,
         )
         index.check_duplicates(duplicates)
         self.loads += 1

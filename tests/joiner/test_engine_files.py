@@ -469,3 +469,108 @@ def test_rntuple_primary_and_rntuple_friend(data_dir: Path, tmp_path: Path) -> N
     out = ak.from_parquet(tmp_path / "out.parquet")
     assert result.matched == {"r": 40}
     assert ak.all(out.sf == out.MET_pt * 2)
+
+
+def _flat_atlas_friend(physlite: Path, path: Path, rows: np.ndarray) -> np.ndarray:
+    """A flat ATLAS ntuple of 80 of the PHYSLITE file's events, shuffled, keyed `runNumber`/`eventNumber`."""
+    keys = ["EventInfoAuxDyn.runNumber", "EventInfoAuxDyn.eventNumber"]
+    events = uproot.open(physlite)["CollectionTree"].arrays(keys, library="np")
+    with uproot.recreate(path) as out:
+        out.mktree("nominal", {"runNumber": np.int32, "eventNumber": np.uint64, "score": np.float32})
+        out["nominal"].extend({
+            "runNumber": events[keys[0]][rows].astype(np.int32),  # another integer type than the primary's
+            "eventNumber": events[keys[1]][rows],
+            "score": (events[keys[1]][rows] % 100).astype(np.float32),
+        })
+    return events[keys[1]]
+
+
+@pytest.mark.parametrize("output_format", [OutputFormat.PARQUET, OutputFormat.ROOT])
+def test_atlas_friend_with_flat_key_branches(data_dir: Path, tmp_path: Path, output_format: OutputFormat) -> None:
+    physlite = data_dir / "PHYSLITE_example.root"
+    rows = np.random.default_rng(5).permutation(100)[:80]
+    event_numbers = _flat_atlas_friend(physlite, tmp_path / "ntuple.root", rows)
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(physlite)], "columns": ["AnalysisElectronsAuxDyn.pt"]},
+            "key": "atlas",
+            "friends": [{"name": "s", "files": [str(tmp_path / "ntuple.root")], "tree": "nominal", "columns": ["*"]}],
+        }
+    )
+    out_path = tmp_path / ("out.parquet" if output_format is OutputFormat.PARQUET else "out.root")
+    result = join_file(spec, str(physlite), out_path, output_format=output_format)
+    if output_format is OutputFormat.PARQUET:
+        out = ak.from_parquet(out_path)
+    else:
+        out = uproot.open(out_path)["servicex"].arrays()
+    # the key keeps the spec's names; the friend's own key branches are not copied as data
+    assert "runNumber" not in out.fields and "eventNumber" not in out.fields
+    assert {"EventInfoAuxDyn.runNumber", "EventInfoAuxDyn.eventNumber", "score", "s_matched"} <= set(out.fields)
+    assert np.array_equal(ak.to_numpy(out["EventInfoAuxDyn.eventNumber"]), event_numbers)
+    assert result.events_out == 100 and ak.sum(out.s_matched) == 80
+    matched = out[out.s_matched]
+    assert ak.all(matched.score == matched["EventInfoAuxDyn.eventNumber"] % 100)
+    assert set(ak.to_numpy(matched["EventInfoAuxDyn.eventNumber"])) == set(event_numbers[rows])
+
+
+def test_a_friend_names_its_own_key_branches(nano_dy: Path, tmp_path: Path) -> None:
+    events = friends.read_primary(nano_dy)
+    rows = np.random.default_rng(2).permutation(len(events))[:30]
+    shuffled = events[rows]
+    renamed = {"RUN": shuffled.run, "LUMI": shuffled.luminosityBlock, "EVT": shuffled.event,
+               "sf": shuffled.MET_pt * 2}
+    write_tree(tmp_path / "renamed.root", "Friends", renamed, compression=uproot.ZLIB(1))
+    pq.write_table(pa.table({k: ak.to_numpy(v) for k, v in renamed.items()}), tmp_path / "renamed.parquet")
+    for name in ("renamed.root", "renamed.parquet"):
+        spec = _spec(nano_dy, [{"name": "r", "files": [str(tmp_path / name)], "tree": "Friends", "columns": ["*"],
+                                "key": ["RUN", "LUMI", "EVT"]}])
+        join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+        out = ak.from_parquet(tmp_path / "out.parquet")
+        assert not {"RUN", "LUMI", "EVT"} & set(out.fields), name
+        assert ak.sum(out.r_matched) == 30, name
+        assert ak.all(out.sf[out.r_matched] == out.MET_pt[out.r_matched] * 2), name
+        assert ak.all(ak.is_none(out.sf[~out.r_matched])), name
+
+
+def test_a_friend_without_the_key_under_any_name_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    physlite = data_dir / "PHYSLITE_example.root"
+    with uproot.recreate(tmp_path / "nokey.root") as out:
+        out["nominal"] = {"RunNumber": np.zeros(3, np.int32), "EventNumber": np.arange(3, dtype=np.uint64)}
+    spec = parse_spec(
+        {
+            "primary": {"files": [str(physlite)], "columns": ["AnalysisElectronsAuxDyn.pt"]},
+            "key": "atlas",
+            "friends": [{"name": "s", "files": [str(tmp_path / "nokey.root")], "tree": "nominal", "columns": ["*"]}],
+        }
+    )
+    with pytest.raises(MissingColumnError) as caught:
+        join_file(spec, str(physlite), tmp_path / "out.parquet")
+    message = str(caught.value)
+    assert "'EventInfoAuxDyn.runNumber' (nor runNumber)" in message
+    assert "nokey.root" in message and message.count("nokey.root") == 1  # the file named once
+
+
+@pytest.mark.parametrize("how", ["right", "outer"])
+def test_right_and_outer_parts_read_a_friend_by_its_own_key_names(nano_dy: Path, tmp_path: Path, how: str) -> None:
+    events = friends.read_primary(nano_dy)
+    lonely = np.array([10**9 + 1, 10**9 + 2], dtype=np.uint64)  # two friend events the primary lacks
+    renamed = {
+        "RUN": np.concatenate([ak.to_numpy(events.run[5:]), np.ones(2, np.uint32)]),
+        "LUMI": np.concatenate([ak.to_numpy(events.luminosityBlock[5:]), np.ones(2, np.uint32)]),
+        "EVT": np.concatenate([ak.to_numpy(events.event[5:]), lonely]),
+        "sf": np.concatenate([ak.to_numpy(events.MET_pt[5:] * 2), [7.0, 8.0]]).astype(np.float32),
+    }
+    with uproot.recreate(tmp_path / "renamed.root") as out:
+        out["Friends"] = renamed
+    spec = _spec(nano_dy, [{"name": "r", "files": [str(tmp_path / "renamed.root")], "tree": "Friends",
+                            "columns": ["*"], "how": how, "key": ["RUN", "LUMI", "EVT"]}])
+    result = join_file(spec, str(tmp_path / "renamed.root"), tmp_path / "part.parquet")
+    part = ak.from_parquet(tmp_path / "part.parquet")
+    assert not {"RUN", "LUMI", "EVT"} & set(part.fields)
+    if how == "right":  # every friend row, with its primary where there is one
+        assert result.events_out == len(part) == 37
+        found = ~ak.is_none(part.MET_pt)
+        assert ak.sum(found) == 35 and ak.all(part.sf[found] == part.MET_pt[found] * 2)
+    else:  # the anti part: only the friend rows without a primary, under the spec's key names
+        assert len(part) == 2 and sorted(ak.to_list(part.event)) == lonely.tolist()
+        assert ak.to_list(part.sf) == [7.0, 8.0]

@@ -67,6 +67,11 @@ def test_defaults_and_presets() -> None:
         ({"primary": {"files": ["a"], "columns": ["x", "x"]}}, "primary.columns"),
         ({"inference": [{"model": "m", "inputs": {}, "outputs": {"O": "score"}}]}, "inference.0.inputs"),
         ({"key": []}, "key"),
+        (
+            {"friends": [{"name": "a", "files": ["f"], "columns": ["x"], "key": ["runNumber", "eventNumber"]}]},
+            "friend 'a' names 2 key branches ['runNumber', 'eventNumber'], but the key has 3 columns",
+        ),
+        ({"friends": [{"name": "a", "files": ["f"], "columns": ["x"], "key": ["r", "r", "e"]}]}, "friends.0.key"),
     ],
 )
 def test_bad_specs_name_the_field(changes, fragment) -> None:
@@ -85,6 +90,30 @@ def test_spec_hash_is_canonical() -> None:
     c = parse_spec(_spec(primary={"files": ["other.root"], "columns": ["Jet_pt"]}))
     assert a.spec_hash() != c.spec_hash()
     assert a.spec_hash(without_primary_files=True) == c.spec_hash(without_primary_files=True)
+
+
+def test_a_friend_key_changes_the_hash_only_where_it_is_set() -> None:
+    plain = parse_spec(_spec())
+    assert "key" not in plain.normalised()["friends"][0]  # specs written before `key` existed keep their hash
+    assert plain.spec_hash() == "01ef9d997f9a7072b376d95df380c61f7886359482e54d3a699323b081a35a1d"
+    named = parse_spec(_spec(friends=[{"name": "sys", "files": ["f.root"], "columns": ["sf"], "key": ["r", "l", "e"]}]))
+    assert named.normalised()["friends"][0]["key"] == ["r", "l", "e"]
+    assert named.spec_hash() != plain.spec_hash()
+    assert parse_spec(named.normalised()) == named
+
+
+def test_key_branches_per_dataset() -> None:
+    atlas = parse_spec(_spec(key="atlas"))
+    branches = atlas.key_branches(atlas.friends[0])
+    assert branches.candidates("EventInfoAuxDyn.runNumber") == ("EventInfoAuxDyn.runNumber", "runNumber")
+    assert branches.resolve({"runNumber", "eventNumber", "x"}, atlas.key_columns) == ["runNumber", "eventNumber"]
+    assert branches.resolve(set(atlas.key_columns) | {"runNumber"}, atlas.key_columns) == list(atlas.key_columns)
+    flat = parse_spec(_spec(key=["runNumber", "eventNumber"]))  # a flat primary reaches PHYSLITE friends
+    assert flat.key_branches().resolve({"EventInfoAuxDyn.runNumber", "EventInfoAuxDyn.eventNumber"},
+                                       flat.key_columns) == ["EventInfoAuxDyn.runNumber", "EventInfoAuxDyn.eventNumber"]
+    cms = parse_spec(_spec(friends=[{"name": "s", "files": ["f"], "columns": ["x"], "key": ["RUN", "LUMI", "EVT"]}]))
+    assert cms.key_branches().candidates("run") == ("run",)
+    assert cms.key_branches(cms.friends[0]).candidates("luminosityBlock") == ("LUMI",)
 
 
 def test_yaml_file_relative_paths(tmp_path: Path) -> None:
