@@ -106,6 +106,9 @@ def _match_names(available: Sequence[str], patterns: Sequence[str], where: str, 
     return chosen
 
 
+_RNTUPLE_COLLECTION = re.compile(r"^_collection[0-9]+$")
+
+
 def _key_branch_names(
     key_branches: KeyBranches | None, available: set[str], names: Sequence[str], path: str, tree: str | None
 ) -> list[str]:
@@ -143,7 +146,13 @@ class RootSource:
         except Exception as error:  # noqa: BLE001 - a corrupt directory raises from deep inside uproot
             raise InputFileError(f"cannot read tree: {type(error).__name__}: {error}", path=path, tree=tree) from None
         try:
-            self._names = list(self._tree.keys(recursive=True, full_paths=True))
+            # A TTree's split objects have sub-branches worth naming ("Aux./Aux.smk"). An RNTuple's columns
+            # are its top-level fields, less the record fields that hold its collections ("_collection0",
+            # whose members are also fields of their own: "Jet_pt").
+            if hasattr(self._tree, "branches"):
+                self._names = list(self._tree.keys(recursive=True, full_paths=True))
+            else:
+                self._names = [n for n in self._tree.keys(recursive=False) if not _RNTUPLE_COLLECTION.match(n)]
         except Exception as error:  # noqa: BLE001
             raise InputFileError(f"cannot list branches: {error}", path=path, tree=tree) from None
         self._name_set = set(self._names)

@@ -159,6 +159,7 @@ class RootSink:
         table = pa.concat_tables(self._chunks) if self._chunks else self._schema.empty_table()
         branches: dict[str, Any] = {}
         collections: dict[str, dict[str, Any]] = {}
+        lists: list[str] = []
         for name in table.column_names:
             column = table.column(name).combine_chunks()
             array = ak.from_arrow(column, highlevel=True)
@@ -168,7 +169,10 @@ class RootSink:
                 if field:
                     collections.setdefault(prefix, {})[field] = array
                     continue
+                lists.append(name)
             branches[name] = array
+        for name in lists:  # a list of its own (`PSWeight`): uproot writes its counter from the list itself
+            branches.pop(nanoaod_counter_name(name), None)
         for prefix, fields in collections.items():
             counts = [ak.num(a) for a in fields.values()]
             if all(bool(ak.all(c == counts[0])) for c in counts[1:]):

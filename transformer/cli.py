@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     join = sub.add_parser("join", help="run a join on files (local paths or URLs), no servers needed")
     join.add_argument("--spec", required=True, help="join spec, YAML or JSON")
-    join.add_argument("--output", required=True, help="directory for the Parquet outputs")
+    join.add_argument("--output", required=True, help="directory for the outputs")
     join.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
     join.add_argument("--format", choices=["parquet", "root-file"], default="parquet", help="output format")
     join.add_argument("--chunk-entries", type=int, default=None, help="entries per chunk (bounds memory)")

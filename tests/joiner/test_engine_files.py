@@ -471,6 +471,32 @@ def test_rntuple_primary_and_rntuple_friend(data_dir: Path, tmp_path: Path) -> N
     assert ak.all(out.sf == out.MET_pt * 2)
 
 
+def test_every_column_of_an_rntuple_primary(data_dir: Path, tmp_path: Path) -> None:
+    """`columns: ["*"]` of the RNTuple copy of nano_dy gives what it gives for the TTree itself: the RNTuple's
+    record fields that hold its collections (`_collection0`) are not columns."""
+    outputs = {}
+    for name in ("nano_dy.root", "nano_dy_rntuple.root"):
+        spec = parse_spec({"primary": {"files": [str(data_dir / name)], "columns": ["*"]}})
+        assert join_file(spec, str(data_dir / name), tmp_path / f"{name}.parquet").events_out == 40
+        outputs[name] = ak.from_parquet(tmp_path / f"{name}.parquet")
+    tree, rntuple = outputs["nano_dy.root"], outputs["nano_dy_rntuple.root"]
+    assert set(rntuple.fields) == set(tree.fields) and not any(f.startswith("_collection") for f in rntuple.fields)
+    for column in ("event", "nJet", "Jet_pt", "PSWeight", "nPSWeight", "LHEPdfWeight", "MET_pt"):
+        assert ak.to_list(rntuple[column]) == ak.to_list(tree[column]), column
+
+
+@pytest.mark.parametrize("name", ["nano_dy.root", "nano_dy_rntuple.root"])
+def test_root_output_of_a_list_named_before_its_counter(data_dir: Path, tmp_path: Path, name: str) -> None:
+    """A list of its own (`PSWeight`) asked for before its counter: the ROOT output writes the counter once."""
+    spec = parse_spec({"primary": {"files": [str(data_dir / name)], "columns": ["PSWeight", "nPSWeight", "MET_pt"]}})
+    join_file(spec, str(data_dir / name), tmp_path / "out.root", output_format=OutputFormat.ROOT)
+    out = uproot.open(tmp_path / "out.root")["servicex"]
+    assert out.keys().count("nPSWeight") == 1
+    expected = uproot.open(data_dir / "nano_dy.root")["Events"].arrays(["PSWeight", "nPSWeight"])
+    assert ak.to_list(out["PSWeight"].array()) == ak.to_list(expected.PSWeight)
+    assert ak.to_list(out["nPSWeight"].array()) == ak.to_list(expected.nPSWeight)
+
+
 def _flat_atlas_friend(physlite: Path, path: Path, rows: np.ndarray) -> np.ndarray:
     """A flat ATLAS ntuple of 80 of the PHYSLITE file's events, shuffled, keyed `runNumber`/`eventNumber`."""
     keys = ["EventInfoAuxDyn.runNumber", "EventInfoAuxDyn.eventNumber"]

@@ -149,7 +149,7 @@ def _format_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def _summary(spec: JoinSpec, outcomes: list[Outcome], wall: float, out: Path) -> None:
+def _summary(spec: JoinSpec, outcomes: list[Outcome], wall: float, out: Path, output_format: OutputFormat) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -187,7 +187,8 @@ def _summary(spec: JoinSpec, outcomes: list[Outcome], wall: float, out: Path) ->
         console.print(f"[red]FAILED[/red] {outcome.task.path}: {outcome.error}", soft_wrap=True)
     console.print(
         f"{len(outcomes) - len(failed)} of {len(outcomes)} file(s) joined, {events:,} events "
-        f"({events / wall if wall > 0 else 0:,.0f} events/s); Parquet in {out}"
+        f"({events / wall if wall > 0 else 0:,.0f} events/s); "
+        f"{'ROOT files' if output_format is OutputFormat.ROOT else 'Parquet'} in {out}"
     )
 
 
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     outcomes = _execute(
         spec, tasks, indexes, output_format, args.chunk_entries, triton_url, workers, progress=not args.no_progress
     )
-    _summary(spec, outcomes, time.perf_counter() - started, out)
+    _summary(spec, outcomes, time.perf_counter() - started, out, output_format)
     return 1 if any(o.error for o in outcomes) else 0
 
 
