@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,8 +77,19 @@ def _is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[") or (name.startswith("/") and name.endswith("/") and len(name) > 1)
 
 
-def _match_names(available: Sequence[str], patterns: Sequence[str], where: str, tree: str | None) -> list[str]:
-    """Resolve exact names and uproot-style patterns (globs or /regex/) against available names, in order."""
+def _match_names(
+    available: Sequence[str],
+    patterns: Sequence[str],
+    where: str,
+    tree: str | None,
+    readable: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Resolve exact names and uproot-style patterns (globs or /regex/) against available names, in order.
+
+    A pattern takes only the columns that `readable` accepts: `AnalysisJetsAuxDyn.*` or `*` in an xAOD file
+    also matches branches that hold C++ objects no array can (element-link maps, split-object parents). An
+    exact name is taken as it is, and reading it says what is wrong.
+    """
     chosen: list[str] = []
     seen: set[str] = set()
     missing: list[str] = []
@@ -89,6 +100,14 @@ def _match_names(available: Sequence[str], patterns: Sequence[str], where: str, 
                 found = [n for n in available if regex.search(n)]
             else:
                 found = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+            if found and readable is not None:
+                kept = [n for n in found if readable(n)]
+                if not kept:
+                    raise MissingColumnError(
+                        f"{pattern!r} matches only branches that cannot be read as arrays: {found[:5]}",
+                        path=where, tree=tree,
+                    )
+                found = kept
             if not found:
                 missing.append(pattern)
         else:
@@ -107,6 +126,16 @@ def _match_names(available: Sequence[str], patterns: Sequence[str], where: str, 
 
 
 _RNTUPLE_COLLECTION = re.compile(r"^_collection[0-9]+$")
+
+
+def _holds_an_empty_record(form: Any) -> bool:
+    """Whether an awkward form has a record without fields somewhere (no output format can store one)."""
+    if isinstance(form, ak.forms.RecordForm):
+        return not form.fields or any(_holds_an_empty_record(content) for content in form.contents)
+    content = getattr(form, "content", None)
+    if content is not None:
+        return _holds_an_empty_record(content)
+    return any(_holds_an_empty_record(c) for c in getattr(form, "contents", ()) or ())
 
 
 def _key_branch_names(
@@ -170,7 +199,24 @@ class RootSource:
         return name in self._name_set
 
     def resolve_columns(self, patterns: Sequence[str]) -> list[str]:
-        return _match_names(self._names, patterns, self.path, self.tree)
+        return _match_names(self._names, patterns, self.path, self.tree, self._readable)
+
+    def _readable(self, name: str) -> bool:
+        """Whether uproot can read branch `name` as an array (an RNTuple's fields always can)."""
+        if not hasattr(self._tree, "branches"):
+            return True
+        import uproot
+
+        branch = self._tree[name]
+        interpretation = branch.interpretation
+        if isinstance(interpretation, (uproot.interpretation.identify.UnknownInterpretation,
+                                       uproot.interpretation.grouped.AsGrouped)):
+            return False  # no streamer to read it by, or only the parent of its sub-branches
+        try:
+            form = interpretation.awkward_form(branch.file)
+        except Exception:  # noqa: BLE001 - uproot's CannotBeAwkward and kin: objects of unbounded depth
+            return False
+        return not _holds_an_empty_record(form)  # a base class with no members ("EventInfoAux.")
 
     def _check(self, names: Sequence[str]) -> None:
         missing = [n for n in names if n not in self._name_set]
@@ -231,9 +277,15 @@ class RootSource:
             return awkward_to_arrow(arrays, names)
         columns = []
         for name in names:
-            form = self._tree[name].interpretation.awkward_form(self._tree.file)
-            empty = ak.Array(form.length_zero_array())
-            columns.append(ak.to_arrow(empty, extensionarray=False, list_to32=True))
+            try:
+                form = self._tree[name].interpretation.awkward_form(self._tree.file)
+                empty = ak.Array(form.length_zero_array())
+                columns.append(ak.to_arrow(empty, extensionarray=False, list_to32=True))
+            except Exception as error:  # noqa: BLE001 - CannotBeAwkward, an unknown interpretation, no arrow type
+                raise InputFileError(
+                    f"branch {name!r} cannot be read as an array: {type(error).__name__}: {error}",
+                    path=self.path, tree=self.tree,
+                ) from None
         return pa.Table.from_arrays(columns, names=list(names))
 
     def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:

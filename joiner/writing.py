@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joiner.errors import SchemaError
+
 METADATA_KEY = "servicex_joiner"
 RUNS_KEY = "servicex_joiner.runs"
 ROOT_TREE_NAME = "servicex"
@@ -134,6 +136,18 @@ class ParquetSink:
         self._tmp.unlink(missing_ok=True)
 
 
+def _is_number(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type))
+
+
+def _fits_a_ttree(data_type: pa.DataType) -> bool:
+    """Whether uproot can write a column of this type: a number, or a list of numbers (not lists of lists,
+    records or strings, which xAOD files hold: `AnalysisJetsAuxDyn.NumTrkPt500`, element links)."""
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return _is_number(data_type.value_type)
+    return _is_number(data_type)
+
+
 class RootSink:
     """A TTree named `servicex` written with uproot, NanoAOD-style (`nJet`, `Jet_pt`).
 
@@ -142,6 +156,13 @@ class RootSink:
     """
 
     def __init__(self, path: Path, schema: pa.Schema, *, runs: list[dict[str, Any]] | None = None) -> None:
+        unwritable = [f"{field.name} ({field.type})" for field in schema if not _fits_a_ttree(field.type)]
+        if unwritable:  # refused before any row is read: uproot would fail only at the end, cryptically
+            raise SchemaError(
+                f"ROOT output cannot hold {len(unwritable)} column(s): {', '.join(unwritable[:10])}"
+                f"{' ...' if len(unwritable) > 10 else ''}. A TTree written with uproot takes numbers and lists "
+                "of numbers; ask for Parquet output (ServiceX: result_format parquet) or leave these columns out"
+            )
         self.path = path
         self._tmp = _temporary(path)
         path.parent.mkdir(parents=True, exist_ok=True)

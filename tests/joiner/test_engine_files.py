@@ -600,3 +600,28 @@ def test_right_and_outer_parts_read_a_friend_by_its_own_key_names(nano_dy: Path,
     else:  # the anti part: only the friend rows without a primary, under the spec's key names
         assert len(part) == 2 and sorted(ak.to_list(part.event)) == lonely.tolist()
         assert ak.to_list(part.sf) == [7.0, 8.0]
+
+
+def test_patterns_over_an_xaod_file_take_the_readable_branches(data_dir: Path, tmp_path: Path) -> None:
+    """PHYSLITE holds branches no array can (split-object parents, element-link maps, member-less base
+    classes): a pattern passes them by, so `*` joins every column there is."""
+    physlite = data_dir / "PHYSLITE_example.root"
+    spec = parse_spec({"primary": {"files": [str(physlite)], "columns": ["*"]}, "key": "atlas"})
+    assert join_file(spec, str(physlite), tmp_path / "all.parquet").events_out == 100
+    columns = set(pq.read_schema(tmp_path / "all.parquet").names)
+    assert {"AnalysisElectronsAuxDyn.pt", "AnalysisJetsAuxDyn.NumTrkPt500", "EventInfoAuxDyn.eventNumber"} <= columns
+    assert not {"EventInfoAux.", "METAssoc_AnalysisMET", "AnalysisElectrons"} & columns
+    only_objects = parse_spec({"primary": {"files": [str(physlite)], "columns": ["METAssoc_AnalysisMET"]},
+                               "key": "atlas"})
+    with pytest.raises(InputFileError, match="METAssoc_AnalysisMET"):  # asked for by name: read, and refused
+        join_file(only_objects, str(physlite), tmp_path / "objects.parquet")
+
+
+def test_root_output_refuses_what_a_ttree_cannot_hold(data_dir: Path, tmp_path: Path) -> None:
+    physlite = data_dir / "PHYSLITE_example.root"
+    spec = parse_spec({"primary": {"files": [str(physlite)], "columns": ["AnalysisJetsAuxDyn.*"]}, "key": "atlas"})
+    with pytest.raises(SchemaError, match=r"ROOT output cannot hold 7 column\(s\): AnalysisJetsAuxDyn.NumTrkPt1000"):
+        join_file(spec, str(physlite), tmp_path / "out.root", output_format=OutputFormat.ROOT)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    join_file(spec, str(physlite), tmp_path / "out.parquet")  # the same columns as Parquet
+    assert pq.read_metadata(tmp_path / "out.parquet").num_rows == 100
