@@ -200,3 +200,43 @@ def test_root_file_output(
     assert np.array_equal(tree["event"].array(library="np"), primary["event"])
     assert np.allclose(tree["sf"].array(library="np"), (primary["event"] % 1000).astype(np.float32) / 1000)
     assert "Muon_pt" in tree
+
+
+def test_friends_read_from_the_object_store(
+    tmp_path: Path, inputs: dict[str, Path], s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder,
+) -> None:
+    """Friends where a facility keeps them (the default allowed locations exclude local paths): a ROOT
+    friend and a Parquet one (another request's output, say) in the object store, found by globs."""
+    import pyarrow as pa
+
+    store = S3Store(s3_server.settings())
+    bucket = "friends-" + request_id[:8]
+    store.ensure_bucket(bucket)
+    path = inputs["nano_dy.root"]
+    friend = tmp_path / "friends" / "sf_nano_dy.root"
+    store.client.fput_object(bucket, "sys/sf_0.root", str(friend))
+    keys = uproot.open(friend)["Events"].arrays(["run", "luminosityBlock", "event", "sf"], library="np")
+    pq.write_table(pa.table({"run": keys["run"], "luminosityBlock": keys["luminosityBlock"], "event": keys["event"],
+                             "pq_sf": keys["sf"] * 2}), tmp_path / "sf.parquet")
+    store.client.fput_object(bucket, "previous/part-0.parquet", str(tmp_path / "sf.parquet"))
+    spec = write_spec(tmp_path / "join_spec.json", [
+        {"name": "sys", "files": [f"s3://{bucket}/sys/*.root"], "columns": ["sf"], "how": "left"},
+        {"name": "prev", "files": [f"s3://{bucket}/previous/*.parquet"], "columns": ["pq_sf"], "how": "inner"},
+    ])
+    worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec, env=_env(s3_server, "s3://"),
+                           log=tmp_path / "worker.log", probe_port=free_port())
+    try:
+        app_publisher.send_file(request_id, 1, [str(path)], app_recorder.endpoint(request_id))
+        (report,) = app_recorder.wait_for(request_id, 1, timeout_s=120)
+    finally:
+        assert worker.terminate() == 0
+    assert report["status"] == "success", worker.log()
+    data = store.get_bytes(request_id, report["s3-object-name"])
+    assert data is not None
+    table = pq.read_table(io.BytesIO(data))
+    primary = uproot.open(path)["Events"].arrays(["event"], library="np")["event"]
+    assert np.array_equal(table["event"].to_numpy(), primary)
+    expected = (primary % 1000).astype(np.float32) / 1000
+    assert np.allclose(table["sf"].to_numpy(), expected)
+    assert np.allclose(table["pq_sf"].to_numpy(), expected * 2)
