@@ -19,6 +19,12 @@ class SpecError(JoinError, ValueError):
     """The join spec is invalid: the message names the field and what is wrong with it."""
 
 
+def _where(path: str | None, tree: str | None) -> str:
+    if path is None:
+        return ""
+    return f" [file {path}" + (f", tree {tree}" if tree else "") + "]"
+
+
 class InputFileError(JoinError, OSError):
     """An input file cannot be read as asked: missing, truncated, not ROOT/Parquet, or no such tree."""
 
@@ -26,10 +32,23 @@ class InputFileError(JoinError, OSError):
         self.reason = message  # without the file and tree, for callers that add context of their own
         self.path = path
         self.tree = tree
-        where = ""
-        if path is not None:
-            where = f" [file {path}" + (f", tree {tree}" if tree else "") + "]"
-        super().__init__(message + where)
+        super().__init__(message + _where(path, tree))
+
+
+class SourceUnavailableError(OSError):
+    """A file's server could not be reached: the connection was refused, lost or timed out, or the store
+    answered that it is busy.
+
+    Not a JoinError: it says nothing about the file or the spec, and the same read may well succeed a little
+    later, so a worker retries it with backoff rather than failing the file (ServiceX's contract for a
+    store or network that is down).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, tree: str | None = None) -> None:
+        self.reason = message
+        self.path = path
+        self.tree = tree
+        super().__init__(message + _where(path, tree))
 
 
 class MissingColumnError(InputFileError, KeyError):

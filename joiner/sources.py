@@ -23,12 +23,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joiner.arrow_arrays import arrow_to_numpy
-from joiner.errors import InputFileError, MissingColumnError, SpecError
+from joiner.errors import InputFileError, MissingColumnError, SourceUnavailableError, SpecError
 from joiner.keys import validate_key_array
 from joiner.spec import FileFormat, KeyBranches
 from joiner.threads import thread_pool
 
 StorageOptions = Mapping[str, Any]
+"""fsspec options for `s3://` files (endpoint, credentials): the object store's, given to no other URL."""
+
+
+def options_for(path: str, storage_options: StorageOptions | None) -> dict[str, Any]:
+    """The storage options that apply to `path`: an https:// or root:// replica must not get the object
+    store's endpoint and keys (its client would refuse them, or send them elsewhere)."""
+    return dict(storage_options or {}) if path.startswith("s3://") else {}
 _CUT_ALIAS = "_servicex_joiner_cut"
 
 
@@ -127,6 +134,41 @@ def _match_names(
 
 _RNTUPLE_COLLECTION = re.compile(r"^_collection[0-9]+$")
 
+# Exception classes (by name, anywhere in the class hierarchy: their libraries need not be imported) that
+# say a server could not be reached: builtins, botocore (s3fs), aiohttp (fsspec's http), fsspec itself.
+_UNREACHABLE = frozenset({
+    "ConnectionError", "TimeoutError", "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
+    "ReadTimeoutError", "ClientConnectionError", "ServerDisconnectedError", "FSTimeoutError",
+})
+# S3 error codes of a store that is there but cannot answer now
+_BUSY_STORE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503"})
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) says that the file's server could not be reached.
+
+    Such a failure is the network's or the store's, not the file's: the same read may work later.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ in _UNREACHABLE for cls in type(current).__mro__):
+            return True
+        response = getattr(current, "response", None)
+        if isinstance(response, dict) and str(response.get("Error", {}).get("Code")) in _BUSY_STORE:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _read_error(what: str, error: BaseException, path: str, tree: str | None = None) -> OSError:
+    """The error to raise for a failed open or read: the file's fault, or its server's (transient)."""
+    message = f"{what}: {type(error).__name__}: {error}"
+    if unreachable(error):
+        return SourceUnavailableError(message, path=path, tree=tree)
+    return InputFileError(message, path=path, tree=tree)
+
 
 def _holds_an_empty_record(form: Any) -> bool:
     """Whether an awkward form has a record without fields somewhere (no output format can store one)."""
@@ -159,21 +201,21 @@ class RootSource:
         self.path = path
         self.tree = tree
         self._key_branches = key_branches
-        options = dict(storage_options or {})
+        options = options_for(path, storage_options)
         try:
             # no array cache: every range is read once, and memory must stay bounded by the chunk
             self._file = uproot.open(path, array_cache=None, **options)
         except FileNotFoundError as error:
             raise InputFileError(f"no such file: {error}", path=path) from None
         except Exception as error:  # noqa: BLE001 - uproot raises many types for a non-ROOT/truncated file
-            raise InputFileError(f"cannot open as a ROOT file: {type(error).__name__}: {error}", path=path) from None
+            raise _read_error("cannot open as a ROOT file", error, path) from None
         try:
             self._tree = self._file[tree]
         except KeyError:
             trees = [k.split(";")[0] for k, c in self._file.classnames().items() if c in ("TTree", "ROOT::RNTuple")]
             raise InputFileError(f"no tree {tree!r} (trees here: {trees})", path=path, tree=tree) from None
         except Exception as error:  # noqa: BLE001 - a corrupt directory raises from deep inside uproot
-            raise InputFileError(f"cannot read tree: {type(error).__name__}: {error}", path=path, tree=tree) from None
+            raise _read_error("cannot read tree", error, path, tree) from None
         try:
             # A TTree's split objects have sub-branches worth naming ("Aux./Aux.smk"). An RNTuple's columns
             # are its top-level fields, less the record fields that hold its collections ("_collection0",
@@ -183,7 +225,7 @@ class RootSource:
             else:
                 self._names = [n for n in self._tree.keys(recursive=False) if not _RNTUPLE_COLLECTION.match(n)]
         except Exception as error:  # noqa: BLE001
-            raise InputFileError(f"cannot list branches: {error}", path=path, tree=tree) from None
+            raise _read_error("cannot list branches", error, path, tree) from None
         self._name_set = set(self._names)
 
     @property
@@ -238,9 +280,7 @@ class RootSource:
                 entry_stop=stop,
             )
         except Exception as error:  # noqa: BLE001 - decompression/basket errors of a damaged file
-            raise InputFileError(
-                f"cannot read key branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
-            ) from None
+            raise _read_error("cannot read key branches", error, self.path, self.tree) from None
         where = f"{self.path} [{self.tree}]"
         return [validate_key_array(branch, arrays[branch], where=where) for branch in branches]
 
@@ -257,9 +297,7 @@ class RootSource:
                 entry_stop=stop,
             )
         except Exception as error:  # noqa: BLE001
-            raise InputFileError(
-                f"cannot read branches: {type(error).__name__}: {error}", path=self.path, tree=self.tree
-            ) from None
+            raise _read_error("cannot read branches", error, self.path, self.tree) from None
         return awkward_to_arrow(arrays, names)
 
     def _empty_table(self, names: Sequence[str]) -> pa.Table:
@@ -337,7 +375,7 @@ class ParquetSource:
             if "://" in path and not path.startswith("file://"):
                 import fsspec
 
-                self._fs, self._fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+                self._fs, self._fs_path = fsspec.core.url_to_fs(path, **options_for(path, storage_options))
                 handle = self._fs.open(self._fs_path, "rb")
                 self._parquet = pq.ParquetFile(handle)
                 self._size = int(self._fs.size(self._fs_path))
@@ -351,8 +389,8 @@ class ParquetSource:
                 self._etag = f"mtime:{stat.st_mtime_ns}"
         except FileNotFoundError:
             raise InputFileError("no such file", path=path) from None
-        except (OSError, pa.ArrowInvalid, ValueError) as error:
-            raise InputFileError(f"cannot open as Parquet: {error}", path=path) from None
+        except Exception as error:  # noqa: BLE001 - pyarrow, fsspec and botocore errors alike
+            raise _read_error("cannot open as Parquet", error, path) from None
         self._names = list(self._parquet.schema_arrow.names)
         self._name_set = set(self._names)
         self._cache: tuple[int, int, pa.Table] | None = None
@@ -387,8 +425,8 @@ class ParquetSource:
             if not groups:
                 return self._parquet.schema_arrow.empty_table().select(list(names))
             table = self._parquet.read_row_groups(groups, columns=list(names))
-        except (OSError, pa.ArrowInvalid) as error:
-            raise InputFileError(f"cannot read Parquet row groups: {error}", path=self.path) from None
+        except Exception as error:  # noqa: BLE001
+            raise _read_error("cannot read Parquet row groups", error, self.path) from None
         offset = start - (first_row or 0)
         return table.slice(offset, stop - start)
 
@@ -445,13 +483,13 @@ def file_identity(path: str, storage_options: StorageOptions | None = None, *, t
     import uproot
 
     try:
-        with uproot.open(path, **dict(storage_options or {})) as handle:
+        with uproot.open(path, **options_for(path, storage_options)) as handle:
             source = handle.file.source
             return FileIdentity(path, int(getattr(source, "num_bytes", 0) or 0), str(handle.file.uuid))
     except FileNotFoundError:
         raise InputFileError("no such file", path=path) from None
     except Exception as error:  # noqa: BLE001
-        raise InputFileError(f"cannot open as a ROOT file: {error}", path=path) from None
+        raise _read_error("cannot open as a ROOT file", error, path) from None
 
 
 _REMOTE = re.compile(r"^(?:root|xroot|https?|davs?)://[^/]*/+(.*)$")
@@ -483,8 +521,13 @@ def expand_paths(patterns: Sequence[str], storage_options: StorageOptions | None
         if pattern.startswith("s3://"):
             import fsspec
 
-            fs, _ = fsspec.core.url_to_fs(pattern, **dict(storage_options or {}))
-            matches = sorted("s3://" + m for m in fs.glob(pattern))
+            fs, _ = fsspec.core.url_to_fs(pattern, **options_for(pattern, storage_options))
+            try:
+                matches = sorted("s3://" + m for m in fs.glob(pattern))
+            except Exception as error:  # botocore's errors are not OSErrors: classified here
+                if unreachable(error):
+                    raise SourceUnavailableError(f"cannot list {pattern!r}: {type(error).__name__}: {error}") from None
+                raise
         elif "://" in pattern and not pattern.startswith("file://"):
             raise SpecError(f"globs are supported for local paths and s3:// only, not {pattern!r}")
         else:

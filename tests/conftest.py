@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.private_rabbitmq",
     "tests.fixtures.private_seaweedfs",
     "tests.fixtures.reliability",
+    "tests.fixtures.http_files",
 ]

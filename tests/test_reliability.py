@@ -347,6 +347,48 @@ def test_s3_stopped_for_20_seconds_during_uploads(
         assert worker.terminate() == 0
 
 
+def test_friends_in_a_stopped_object_store_are_waited_for(
+    tmp_path: Path, dataset: tuple[list[Path], list[Path]], private_s3: PrivateS3, rabbitmq_url: str, rid: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder, reliability: CaseRecorder,
+) -> None:
+    case = reliability.case(
+        "s3-friends-unreachable", bullet=S3_BULLET, fault="friends read from the object store (s3:// glob), "
+        "the store stopped before the first file and started again 15 s later",
+        expectation="an unreachable friend is a transient error: retried with backoff, then every file "
+        "succeeds once; none is failed for the outage",
+    )
+    primaries, friends = dataset
+    store = S3Store(private_s3.server.settings())
+    bucket = f"friends-{rid[:8]}"
+    store.ensure_bucket(bucket)
+    for friend in friends:
+        store.client.fput_object(bucket, f"sys/{friend.name}", str(friend))
+    spec = write_spec_file(tmp_path / "spec.json", [f"s3://{bucket}/sys/*.root"])
+    env = worker_env(private_s3.server, rid, JOINER_TRANSIENT_ATTEMPTS="8", JOINER_BACKOFF_S="1",
+                     JOINER_BACKOFF_MAX_S="8", JOINER_ALLOWED_LOCATIONS="s3://")
+    worker = start_worker(tmp_path, rid, rabbitmq_url, spec, env)
+    endpoint = app_recorder.endpoint(rid)
+    files = dict(enumerate(primaries[:3], start=1))
+    try:
+        private_s3.stop()
+        for file_id, path in files.items():
+            app_publisher.send_file(rid, file_id, [str(path)], endpoint)
+        time.sleep(15.0)
+        reported_while_down = len(app_recorder.reports(rid))
+        private_s3.start()
+        reports = settle(app_recorder, rid, len(files), 180)
+        verdict = check_request(S3Store(private_s3.server.settings()), rid, reports,
+                                {k: Expect(p) for k, p in files.items()})
+        log = worker.log()
+        retries = log.count("failed (try")
+        assert retries >= 1 and "SourceUnavailableError" in log, log[-3000:]
+        assert reported_while_down == 0
+        case.observe(f"{retries} retried read(s) of the unreachable store logged, {reported_while_down} report(s) "
+                     f"while down; {verdict.summary()}")
+    finally:
+        assert worker.terminate() == 0
+
+
 def test_app_answers_500_for_a_while(
     tmp_path: Path, dataset: tuple[list[Path], list[Path]], s3_server: S3Server, rabbitmq_url: str, rid: str,
     app_publisher: AppPublisher, app_recorder: AppRecorder, reliability: CaseRecorder,

@@ -15,6 +15,7 @@ import pytest
 import uproot
 
 from tests.fixtures.app_recorder import AppRecorder
+from tests.fixtures.http_files import HttpFiles
 from tests.fixtures.rabbitmq import AppPublisher
 from tests.fixtures.seaweedfs import S3Server, free_port
 from tests.worker_support import WorkerProcess, truncated_copy, write_friend, write_spec
@@ -240,3 +241,37 @@ def test_friends_read_from_the_object_store(
     expected = (primary % 1000).astype(np.float32) / 1000
     assert np.allclose(table["sf"].to_numpy(), expected)
     assert np.allclose(table["pq_sf"].to_numpy(), expected * 2)
+
+
+def test_replicas_over_http_unreachable_ones_passed_over_and_retried_when_alone(
+    tmp_path: Path, inputs: dict[str, Path], s3_server: S3Server, rabbitmq_url: str, request_id: str,
+    app_publisher: AppPublisher, app_recorder: AppRecorder, http_files: HttpFiles,
+) -> None:
+    """Replicas as ServiceX lists them (here http://, as an XCache serves them). One whose server refuses
+    connections is not a broken file: the next replica is read (without the object store's options, which
+    are for s3:// only); with no other replica the file is tried again with backoff, and only then reported
+    as failed (transient)."""
+    spec = write_spec(tmp_path / "join_spec.json", [])
+    dead = f"http://127.0.0.1:{free_port()}/store/nano_dy.root"  # nothing listens there
+    shutil.copy(inputs["nano_dy.root"], http_files.root / "nano_dy.root")
+    served = http_files.url("nano_dy.root")
+    worker = WorkerProcess(request_id=request_id, rabbit_url=rabbitmq_url, spec=spec,
+                           env=_env(s3_server, str(tmp_path) + "/", JOINER_TRANSIENT_ATTEMPTS="3"),
+                           log=tmp_path / "worker.log", probe_port=free_port())
+    try:
+        endpoint = app_recorder.endpoint(request_id)
+        app_publisher.send_file(request_id, 1, [dead, served], endpoint)
+        app_publisher.send_file(request_id, 2, [dead], endpoint)
+        reports = {r["file-id"]: r for r in app_recorder.wait_for(request_id, 2, timeout_s=120)}
+    finally:
+        assert worker.terminate() == 0
+    assert reports[1]["status"] == "success", worker.log()
+    assert reports[1]["file-path"] == served and reports[1]["s3-object-name"] == object_name(served, parquet=True)
+    data = S3Store(s3_server.settings()).get_bytes(request_id, reports[1]["s3-object-name"])
+    assert data is not None
+    expected = uproot.open(inputs["nano_dy.root"])["Events"].arrays(["event"], library="np")["event"]
+    assert np.array_equal(pq.read_table(io.BytesIO(data))["event"].to_numpy(), expected)
+    assert reports[2]["status"] == "failure"
+    log = worker.log()
+    assert "file_id=2 the join failed (try 2/3)" in log and "SourceUnavailableError" in log
+    assert "file_id=2 FAILED (transient)" in log

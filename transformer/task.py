@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from joiner.engine import ColumnProducer, FileResult, OutputFormat, Role, infer_role
-from joiner.errors import InputFileError, JoinError
+from joiner.errors import InputFileError, JoinError, SourceUnavailableError
 from joiner.index import DatasetIndex
 from joiner.sources import FileIdentity, file_identity, logical_path
 from joiner.spec import JoinSpec, parse_spec_text
@@ -407,15 +407,17 @@ def _produce(
 ) -> _Produced:
     ids = (task.request_id, task.file_id)
     errors: list[str] = []
+    unreachable = False  # a replica's server could not be reached: the file may be readable later
     for replica in replicas:
         name = object_name(replica, parquet=output_format is OutputFormat.PARQUET)
         key: CacheKey | None = None
         if cache is not None:
             try:
                 key = cache_key_for(spec, replica, role, indexes, parts, task.result_format, output_format)
-            except InputFileError as error:
+            except (InputFileError, SourceUnavailableError) as error:
                 log.warning("request_id=%s file_id=%s replica %s unreadable: %s", *ids, replica, error)
                 errors.append(str(error))
+                unreachable = unreachable or isinstance(error, SourceUnavailableError)
                 continue
             if key is not None:
                 try:
@@ -448,20 +450,20 @@ def _produce(
         except BaseException as error:
             if stream is not None:
                 stream.abandon(f"the join failed: {type(error).__name__}")
-            if not isinstance(error, InputFileError) or (
-                isinstance(error, JoinError) and _is_friend_problem(error, replica)
-            ):
-                raise
+            if not isinstance(error, (InputFileError, SourceUnavailableError)) or _is_friend_problem(error, replica):
+                raise  # a friend's trouble is every replica's: permanent, or retried as a whole if transient
             log.warning("request_id=%s file_id=%s replica %s unreadable: %s", *ids, replica, error)
             errors.append(str(error))
+            unreachable = unreachable or isinstance(error, SourceUnavailableError)
             continue
         return _Produced(replica, name, key, result=result, stream=stream)
-    raise InputFileError(
-        f"none of the {len(replicas)} replica(s) could be read: " + " | ".join(errors), path=replicas[0]
-    )
+    message = f"none of the {len(replicas)} replica(s) could be read: " + " | ".join(errors)
+    if unreachable:  # retried with backoff (an OSError), then reported as a failure
+        raise SourceUnavailableError(message, path=replicas[0])
+    raise InputFileError(message, path=replicas[0])
 
 
-def _is_friend_problem(error: InputFileError, replica: str) -> bool:
+def _is_friend_problem(error: InputFileError | SourceUnavailableError, replica: str) -> bool:
     # A friend file that cannot be read fails every replica of the primary the same way: no point trying.
     return error.path is not None and error.path != replica
 
