@@ -16,8 +16,8 @@
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------------------
-# Build stage: the wheel, then a virtual environment holding it and its dependencies (all of them ship
-# manylinux wheels, so no compiler is needed here either).
+# Build stage: the wheel, then a virtual environment holding it and its dependencies, with the XRootD client
+# (root:// replicas, as Rucio lists them; all of them ship manylinux wheels, so no compiler is needed here).
 FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -31,7 +31,7 @@ COPY transformer/ transformer/
 
 RUN python -m pip wheel --no-deps --wheel-dir /dist . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/python -m pip install --no-cache-dir /dist/servicex_joiner-*.whl \
+    && /opt/venv/bin/python -m pip install --no-cache-dir "$(ls /dist/servicex_joiner-*.whl)[xrootd]" \
     && /opt/venv/bin/servicex-joiner --help >/dev/null
 
 # ---------------------------------------------------------------------------------------------------------

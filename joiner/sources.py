@@ -142,6 +142,12 @@ _UNREACHABLE = frozenset({
 })
 # S3 error codes of a store that is there but cannot answer now
 _BUSY_STORE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503"})
+# The XRootD client reports every failure as a plain OSError holding its status text; these statuses are the
+# transport's (no server, a dropped or timed-out connection), not the file's ("No such file", "Permission").
+_XROOTD_TRANSPORT = re.compile(
+    r"\[(?:ERROR|FATAL)\] (?:Connection error|Operation expired|Operation interrupted|Socket error|Socket timeout"
+    r"|Socket disconnected|Stream disconnect|Poller error)"
+)
 
 
 def unreachable(error: BaseException) -> bool:
@@ -154,6 +160,8 @@ def unreachable(error: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if any(cls.__name__ in _UNREACHABLE for cls in type(current).__mro__):
+            return True
+        if type(current) is OSError and _XROOTD_TRANSPORT.search(str(current)):
             return True
         response = getattr(current, "response", None)
         if isinstance(response, dict) and str(response.get("Error", {}).get("Code")) in _BUSY_STORE:

@@ -5,6 +5,9 @@ The S3 endpoint here is a loopback port nothing listens on, reached through the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,28 @@ def test_which_errors_mean_unreachable() -> None:
     assert unreachable(_client_error("SlowDown")) and unreachable(_client_error("ServiceUnavailable"))
     assert not unreachable(_client_error("NoSuchKey")) and not unreachable(_client_error("AccessDenied"))
     assert not unreachable(ValueError("not a ROOT file")) and not unreachable(FileNotFoundError("gone"))
+    # the XRootD client's plain OSErrors: its transport statuses, not the server's answers about the file
+    assert unreachable(OSError("Failed to open file: [FATAL] Connection error"))
+    assert unreachable(OSError("XRootD error: [ERROR] Operation expired"))
+    assert not unreachable(OSError("Failed to open file: [ERROR] Server responded with an error: [3011] No such file"))
     outer = OSError("basket read failed")
     outer.__cause__ = ConnectionResetError(104, "reset by peer")
     assert unreachable(outer)  # found in the chain it was raised from
+
+
+def test_an_xrootd_server_that_is_down_is_unavailable() -> None:
+    """A root:// replica (what Rucio lists) on a host where no XRootD server answers, through uproot and the
+    XRootD client. In a process of its own: the client reads its retry settings once per process."""
+    pytest.importorskip("XRootD", reason="the XRootD client is in the test extra (pip install xrootd)")
+    code = (
+        "from joiner.errors import SourceUnavailableError\n"
+        "from joiner.sources import open_source\n"
+        "try:\n"
+        f"    open_source('root://127.0.0.1:{free_port()}//store/nano.root', tree='Events')\n"
+        "except SourceUnavailableError as error:\n"
+        "    print('unavailable:', error)\n"
+    )
+    env = {**os.environ, "XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "2", "XRD_REQUESTTIMEOUT": "5"}
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.startswith("unavailable: cannot open as a ROOT file"), done.stdout + done.stderr
