@@ -25,6 +25,7 @@ from joiner.errors import (
 )
 from joiner.spec import parse_spec
 from joiner.writing import read_join_metadata, read_runs
+from tests.fixtures.http_files import HttpFiles
 from tests.joiner import friends
 
 KEY = ["run", "luminosityBlock", "event"]
@@ -625,3 +626,25 @@ def test_root_output_refuses_what_a_ttree_cannot_hold(data_dir: Path, tmp_path: 
     assert not list(tmp_path.iterdir())  # nothing half-written
     join_file(spec, str(physlite), tmp_path / "out.parquet")  # the same columns as Parquet
     assert pq.read_metadata(tmp_path / "out.parquet").num_rows == 100
+
+
+def test_friends_over_http_do_not_get_the_object_store_options(
+    nano_dy: Path, tmp_path: Path, http_files: HttpFiles
+) -> None:
+    """http(s):// friends (a WebDAV door, an XCache) are read while object-store options are set (as in the
+    worker): those go to s3:// files only."""
+    events = friends.read_primary(nano_dy)
+    friend = friends.write_friend(http_files.root / "sf.root", events[::-1])
+    pq.write_table(
+        pa.table({name: ak.to_numpy(events[name]) for name in KEY} | {"psf": ak.to_numpy(events.MET_pt * 2)}),
+        http_files.root / "sf.parquet",
+    )
+    spec = _spec(nano_dy, [
+        {"name": "h", "files": [http_files.url(friend.name)], "tree": "Friends", "columns": ["sf"]},
+        {"name": "p", "files": [http_files.url("sf.parquet")], "columns": ["psf"]},
+    ])
+    s3_options = {"key": "AK", "secret": "SK", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    result = join_file(spec, str(nano_dy), tmp_path / "out.parquet", storage_options=s3_options)
+    out = ak.from_parquet(tmp_path / "out.parquet")
+    assert result.matched == {"h": 40, "p": 40}
+    assert ak.all(out.sf == out.MET_pt * 2) and ak.all(out.psf == out.MET_pt * 2)
