@@ -211,12 +211,40 @@ class RootSink:
             )
             if table.num_rows:
                 handle[ROOT_TREE_NAME].extend(branches)
+            if self._runs:
+                _write_runs(handle, self._runs)
             handle["servicex_joiner_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
         os.replace(self._tmp, self.path)
         return self.path.stat().st_size
 
     def abort(self) -> None:
         self._tmp.unlink(missing_ok=True)
+
+
+RUNS_TREE_NAME = "Runs"
+
+
+def _write_runs(handle: Any, runs: list[dict[str, Any]]) -> None:
+    """The primary file's `Runs` tree (genEventSumw, LHEScaleSumw, ...: what MC is normalised with), one entry
+    per run as it was read, beside the joined tree (the Parquet sink keeps it in the file's metadata).
+
+    Numbers come back from the metadata as 64-bit; a branch a TTree cannot hold is left out.
+    """
+    import awkward as ak
+
+    array = ak.Array(runs)
+    fields = {
+        name: array[name]
+        for name in array.fields
+        if _fits_a_ttree(ak.to_arrow(array[name], extensionarray=False).type)
+    }
+    for name, values in list(fields.items()):
+        if values.ndim > 1:  # uproot writes the list's counter (`nLHEScaleSumw_`) from the list itself
+            fields.pop(nanoaod_counter_name(name), None)
+    if fields:
+        handle.mktree(RUNS_TREE_NAME, {k: v.type.content for k, v in fields.items()},
+                      counter_name=nanoaod_counter_name)
+        handle[RUNS_TREE_NAME].extend(fields)
 
 
 def nanoaod_field_name(outer: str, inner: str) -> str:

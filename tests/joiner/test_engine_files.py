@@ -398,6 +398,9 @@ def test_root_file_output(nano_dy: Path, tmp_path: Path) -> None:
     matched = arrays.sh_matched
     assert ak.all(arrays.sh_sf[matched] == arrays.MET_pt[matched] * 2)
     assert result.output_bytes == (tmp_path / "out.root").stat().st_size
+    # the primary's Runs tree travels along (Parquet keeps it in its metadata): what MC is normalised with
+    runs = uproot.open(tmp_path / "out.root")["Runs"].arrays()
+    assert ak.to_list(runs) == ak.to_list(uproot.open(nano_dy)["Runs"].arrays())
 
 
 def test_atlas_physlite_keys(data_dir: Path, tmp_path: Path) -> None:
