@@ -48,7 +48,7 @@ def test_key_names_and_format() -> None:
     root = result_key(**{**BASE, "output_format": "root-file", "parquet": False})
     assert parquet.object_name == RESULTS_PREFIX + parquet.digest + ".parquet"
     assert root.object_name == RESULTS_PREFIX + root.digest and root.digest != parquet.digest
-    assert RESULTS_PREFIX == "results/v1/"
+    assert RESULTS_PREFIX == "results/v2/"
     assert result_key(**dict(reversed(list(BASE.items())))) == parquet  # argument order is irrelevant
 
 

@@ -29,7 +29,9 @@ from transformer.storage.s3 import ObjectInfo, S3Store
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT_VERSION = 1
+# Raised whenever the same key would now give other output bytes, so that no entry written before is served:
+# 2: ROOT outputs carry the primary's Runs tree.
+RESULT_FORMAT_VERSION = 2
 RESULTS_PREFIX = f"results/v{RESULT_FORMAT_VERSION}/"
 _META_KEY = "sxj-key"
 _META_COUNTS = "sxj-counts"
