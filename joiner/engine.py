@@ -32,10 +32,10 @@ from joiner.index import (
 )
 from joiner.integrity import KeyDigest, verify_collection_lengths, verify_keys
 from joiner.merge import keys_equal, match_keys, partner_of_entries
-from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, make_plan, non_null_elements
+from joiner.plan import JoinPlan, SidePlan, collection_of, is_list_type, leave_out, make_plan, non_null_elements
 from joiner.sources import TableSource, expand_paths, logical_path, open_source
 from joiner.spec import DuplicatePolicy, FriendSpec, How, JoinSpec
-from joiner.writing import OutputObserver, open_sink
+from joiner.writing import OutputObserver, fits_a_ttree, open_sink
 
 
 class OutputFormat(StrEnum):
@@ -277,6 +277,8 @@ class _FileJoin:
         self.path_check = path_check
         self.indexes = indexes
         self.keys = list(spec.key_columns)
+        self.output_format = OutputFormat.PARQUET  # set by run(): the columns a pattern takes depend on it
+        self.left_out: list[str] = []
         self.counts = _Counts()
         self.inputs: list[dict[str, Any]] = []
         self.paths_taken: dict[str, set[str]] = {}
@@ -307,6 +309,12 @@ class _FileJoin:
             built.check_duplicates(self.spec.duplicates)
             self.indexes["primary"] = built
         return self.indexes["primary"]
+
+    def _for_the_output(self, plan: JoinPlan) -> JoinPlan:
+        """A ROOT TTree holds numbers and lists of numbers: what else a pattern matched is left out."""
+        if self.output_format is OutputFormat.ROOT:
+            plan, self.left_out = leave_out(plan, self.spec, fits_a_ttree)
+        return plan
 
     def _pool(self, index: DatasetIndex) -> SourcePool:
         return SourcePool(
@@ -360,6 +368,7 @@ class _FileJoin:
     # -- the run --------------------------------------------------------------------------------------
     def run(self, output_path: Path, output_format: OutputFormat, observer: OutputObserver | None = None) -> FileResult:
         started = time.perf_counter()
+        self.output_format = output_format
         if self.role is Role.PRIMARY:
             chunks, schema, runs = self._primary_chunks()
         else:
@@ -402,7 +411,7 @@ class _FileJoin:
         )
 
     def _metadata(self, digest: KeyDigest) -> dict[str, Any]:
-        return {
+        metadata: dict[str, Any] = {
             "format_version": 1,
             # request-independent: the same output (e.g. a shared-cache copy) carries the same provenance
             "spec_hash": self.spec.spec_hash(without_primary_files=True),
@@ -420,6 +429,9 @@ class _FileJoin:
             "join_paths": {name: sorted(paths) for name, paths in self.paths_taken.items()},
             "producers": [dict(p.describe()) for p in self.producers],
         }
+        if self.left_out:  # columns a pattern matched that this output format cannot hold
+            metadata["left_out"] = self.left_out
+        return metadata
 
     def _primary_chunks(self) -> tuple[Iterator[pa.Table], pa.Schema, list[dict[str, Any]] | None]:
         mark = time.perf_counter()
@@ -434,7 +446,7 @@ class _FileJoin:
         pools = [self._pool(index) for index in friend_indexes]
         for index in friend_indexes:
             self.inputs.extend(f.identity.as_dict() for f in index.fragments)
-        plan = make_plan(self.spec, source, [pool.source(0) for pool in pools])
+        plan = self._for_the_output(make_plan(self.spec, source, [pool.source(0) for pool in pools]))
         fragment = self._cached_fragment(source, "primary")
         first, last = (fragment.first_key, fragment.last_key) if fragment is not None else self._end_keys(source)
         aligned = [index.aligned_fragment(source.num_entries, first, last) for index in friend_indexes]
@@ -601,7 +613,7 @@ class _FileJoin:
         primary_index = self._primary_index()
         self.inputs.extend(f.identity.as_dict() for f in primary_index.fragments)
         pool = self._pool(primary_index)
-        plan = make_plan(self.spec, pool.source(0), [source])
+        plan = self._for_the_output(make_plan(self.spec, pool.source(0), [source]))
         del friend_index  # built for its duplicate check across the friend dataset
         fragment = self._own_fragment(source, friend.name)
         drop = self._own_duplicates(fragment, self.input_path)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
 from joiner.errors import MissingColumnError, SchemaError
-from joiner.sources import TableSource
+from joiner.sources import TableSource, is_pattern
 from joiner.spec import FriendSpec, How, JoinSpec
 
 _COLLECTION = re.compile(r"^([A-Za-z0-9]+)_.+$")
@@ -195,3 +195,29 @@ def _check_fill_nan(spec: JoinSpec, plan: JoinPlan, primary_source: TableSource)
                     f"fill_missing: nan needs the primary collection counter 'n{collection}' to size the "
                     f"NaN lists of {original!r} (friend {friend.name!r}), and the primary has none"
                 )
+
+
+def leave_out(plan: JoinPlan, spec: JoinSpec, fits: Callable[[pa.DataType], bool]) -> tuple[JoinPlan, list[str]]:
+    """The plan less the columns an output cannot hold (`fits` refuses their type) that only a pattern asked for.
+
+    A pattern (`AnalysisJetsAuxDyn.*`) takes what the output can hold, as it takes only what can be read. A
+    column asked for by its exact name stays, for the sink to refuse by name. Returns the plan and the output
+    names left out (the file's metadata lists them).
+    """
+    left: list[str] = []
+
+    def side(columns: SidePlan, asked: Sequence[str]) -> SidePlan:
+        exact = {name for name in asked if not is_pattern(name)}
+        kept = [i for i, (name, data_type) in enumerate(zip(columns.read_names, columns.types, strict=True))
+                if fits(data_type) or name in exact]
+        left.extend(name for i, name in enumerate(columns.output_names) if i not in set(kept))
+        return replace(
+            columns,
+            read_names=[columns.read_names[i] for i in kept],
+            output_names=[columns.output_names[i] for i in kept],
+            types=[columns.types[i] for i in kept],
+        )
+
+    primary = side(plan.primary, spec.primary.columns)
+    friends = [side(columns, friend.columns) for columns, friend in zip(plan.friends, spec.friends, strict=True)]
+    return replace(plan, primary=primary, friends=friends), left

@@ -80,7 +80,8 @@ class TableSource(Protocol):
     def read_runs(self) -> list[dict[str, Any]] | None: ...
 
 
-def _is_pattern(name: str) -> bool:
+def is_pattern(name: str) -> bool:
+    """Whether a column name in a spec is an uproot-style pattern (a glob or /regex/) rather than a name."""
     return any(ch in name for ch in "*?[") or (name.startswith("/") and name.endswith("/") and len(name) > 1)
 
 
@@ -101,7 +102,7 @@ def _match_names(
     seen: set[str] = set()
     missing: list[str] = []
     for pattern in patterns:
-        if _is_pattern(pattern):
+        if is_pattern(pattern):
             if pattern.startswith("/") and pattern.endswith("/"):
                 regex = re.compile(pattern[1:-1])
                 found = [n for n in available if regex.search(n)]

@@ -140,7 +140,7 @@ def _is_number(data_type: pa.DataType) -> bool:
     return bool(pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type))
 
 
-def _fits_a_ttree(data_type: pa.DataType) -> bool:
+def fits_a_ttree(data_type: pa.DataType) -> bool:
     """Whether uproot can write a column of this type: a number, or a list of numbers (not lists of lists,
     records or strings, which xAOD files hold: `AnalysisJetsAuxDyn.NumTrkPt500`, element links)."""
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
@@ -156,7 +156,7 @@ class RootSink:
     """
 
     def __init__(self, path: Path, schema: pa.Schema, *, runs: list[dict[str, Any]] | None = None) -> None:
-        unwritable = [f"{field.name} ({field.type})" for field in schema if not _fits_a_ttree(field.type)]
+        unwritable = [f"{field.name} ({field.type})" for field in schema if not fits_a_ttree(field.type)]
         if unwritable:  # refused before any row is read: uproot would fail only at the end, cryptically
             raise SchemaError(
                 f"ROOT output cannot hold {len(unwritable)} column(s): {', '.join(unwritable[:10])}"
@@ -236,7 +236,7 @@ def _write_runs(handle: Any, runs: list[dict[str, Any]]) -> None:
     fields = {
         name: array[name]
         for name in array.fields
-        if _fits_a_ttree(ak.to_arrow(array[name], extensionarray=False).type)
+        if fits_a_ttree(ak.to_arrow(array[name], extensionarray=False).type)
     }
     for name, values in list(fields.items()):
         if values.ndim > 1:  # uproot writes the list's counter (`nLHEScaleSumw_`) from the list itself

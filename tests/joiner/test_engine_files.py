@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -621,14 +622,29 @@ def test_patterns_over_an_xaod_file_take_the_readable_branches(data_dir: Path, t
         join_file(only_objects, str(physlite), tmp_path / "objects.parquet")
 
 
-def test_root_output_refuses_what_a_ttree_cannot_hold(data_dir: Path, tmp_path: Path) -> None:
+def test_root_output_takes_from_a_pattern_what_a_ttree_can_hold(data_dir: Path, tmp_path: Path) -> None:
+    """`AnalysisJetsAuxDyn.*` in PHYSLITE also matches lists of lists (`NumTrkPt500`) and element links: a
+    TTree written by uproot cannot hold them, so ROOT output leaves them out (and lists them in its metadata),
+    and refuses one asked for by name, naming it; Parquet holds them all."""
     physlite = data_dir / "PHYSLITE_example.root"
     spec = parse_spec({"primary": {"files": [str(physlite)], "columns": ["AnalysisJetsAuxDyn.*"]}, "key": "atlas"})
-    with pytest.raises(SchemaError, match=r"ROOT output cannot hold 7 column\(s\): AnalysisJetsAuxDyn.NumTrkPt1000"):
-        join_file(spec, str(physlite), tmp_path / "out.root", output_format=OutputFormat.ROOT)
-    assert not list(tmp_path.iterdir())  # nothing half-written
-    join_file(spec, str(physlite), tmp_path / "out.parquet")  # the same columns as Parquet
-    assert pq.read_metadata(tmp_path / "out.parquet").num_rows == 100
+    join_file(spec, str(physlite), tmp_path / "out.root", output_format=OutputFormat.ROOT)
+    handle = uproot.open(tmp_path / "out.root")
+    branches = set(handle["servicex"].keys())
+    assert {"AnalysisJetsAuxDyn.pt", "AnalysisJetsAuxDyn.eta"} <= branches
+    assert "AnalysisJetsAuxDyn.NumTrkPt500" not in branches
+    left_out = json.loads(handle["servicex_joiner_metadata"])["left_out"]
+    assert len(left_out) == 7 and "AnalysisJetsAuxDyn.NumTrkPt500" in left_out
+    assert ak.all(handle["servicex"]["AnalysisJetsAuxDyn.pt"].array()
+                  == uproot.open(physlite)["CollectionTree"]["AnalysisJetsAuxDyn.pt"].array())
+    join_file(spec, str(physlite), tmp_path / "out.parquet")  # Parquet: every matched column
+    assert "AnalysisJetsAuxDyn.NumTrkPt500" in pq.read_schema(tmp_path / "out.parquet").names
+
+    by_name = parse_spec({"primary": {"files": [str(physlite)], "columns": ["AnalysisJetsAuxDyn.NumTrkPt500"]},
+                          "key": "atlas"})
+    with pytest.raises(SchemaError, match=r"ROOT output cannot hold 1 column\(s\): AnalysisJetsAuxDyn.NumTrkPt500"):
+        join_file(by_name, str(physlite), tmp_path / "named.root", output_format=OutputFormat.ROOT)
+    assert not (tmp_path / "named.root").exists()
 
 
 def test_friends_over_http_do_not_get_the_object_store_options(
