@@ -210,7 +210,8 @@ def leave_out(plan: JoinPlan, spec: JoinSpec, fits: Callable[[pa.DataType], bool
         exact = {name for name in asked if not is_pattern(name)}
         kept = [i for i, (name, data_type) in enumerate(zip(columns.read_names, columns.types, strict=True))
                 if fits(data_type) or name in exact]
-        left.extend(name for i, name in enumerate(columns.output_names) if i not in set(kept))
+        kept_set = set(kept)
+        left.extend(name for i, name in enumerate(columns.output_names) if i not in kept_set)
         return replace(
             columns,
             read_names=[columns.read_names[i] for i in kept],

@@ -30,13 +30,13 @@ from joiner.threads import thread_pool
 
 StorageOptions = Mapping[str, Any]
 """fsspec options for `s3://` files (endpoint, credentials): the object store's, given to no other URL."""
+_CUT_ALIAS = "_servicex_joiner_cut"
 
 
 def options_for(path: str, storage_options: StorageOptions | None) -> dict[str, Any]:
     """The storage options that apply to `path`: an https:// or root:// replica must not get the object
     store's endpoint and keys (its client would refuse them, or send them elsewhere)."""
     return dict(storage_options or {}) if path.startswith("s3://") else {}
-_CUT_ALIAS = "_servicex_joiner_cut"
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,8 @@ class RootSource:
             # A TTree's split objects have sub-branches worth naming ("Aux./Aux.smk"). An RNTuple's columns
             # are its top-level fields, less the record fields that hold its collections ("_collection0",
             # whose members are also fields of their own: "Jet_pt").
-            if hasattr(self._tree, "branches"):
+            self._is_ttree = hasattr(self._tree, "branches")
+            if self._is_ttree:
                 self._names = list(self._tree.keys(recursive=True, full_paths=True))
             else:
                 self._names = [n for n in self._tree.keys(recursive=False) if not _RNTUPLE_COLLECTION.match(n)]
@@ -254,12 +255,17 @@ class RootSource:
 
     def _readable(self, name: str) -> bool:
         """Whether uproot can read branch `name` as an array (an RNTuple's fields always can)."""
-        if not hasattr(self._tree, "branches"):
+        if not self._is_ttree:
             return True
         import uproot
 
         branch = self._tree[name]
         interpretation = branch.interpretation
+        # numbers and lists of numbers (all of NanoAOD): no form to build (exact types: AsStridedObjects,
+        # which holds C++ objects, is an AsDtype too)
+        content = interpretation.content if isinstance(interpretation, uproot.AsJagged) else interpretation
+        if type(content) is uproot.AsDtype:
+            return True
         if isinstance(interpretation, (uproot.interpretation.identify.UnknownInterpretation,
                                        uproot.interpretation.grouped.AsGrouped)):
             return False  # no streamer to read it by, or only the parent of its sub-branches

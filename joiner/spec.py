@@ -368,8 +368,8 @@ class JoinSpec(_Strict):
     def normalised(self) -> dict[str, Any]:
         """A canonical JSON-able form: defaults filled, enums as strings (what the codegen ships).
 
-        A friend's `key` appears only where it is set, so that specs without one keep their hash (result
-        cache entries stay valid across versions).
+        A friend's `key` appears only where it is set, so that specs without one keep their canonical text and
+        hash (the client's cache and the outputs' provenance hold them).
         """
         data = self.model_dump(mode="json")
         for friend in data["friends"]:

@@ -180,7 +180,6 @@ class RootSink:
         table = pa.concat_tables(self._chunks) if self._chunks else self._schema.empty_table()
         branches: dict[str, Any] = {}
         collections: dict[str, dict[str, Any]] = {}
-        lists: list[str] = []
         for name in table.column_names:
             column = table.column(name).combine_chunks()
             array = ak.from_arrow(column, highlevel=True)
@@ -190,10 +189,8 @@ class RootSink:
                 if field:
                     collections.setdefault(prefix, {})[field] = array
                     continue
-                lists.append(name)
             branches[name] = array
-        for name in lists:  # a list of its own (`PSWeight`): uproot writes its counter from the list itself
-            branches.pop(nanoaod_counter_name(name), None)
+        _leave_list_counters_to_uproot(branches)
         for prefix, fields in collections.items():
             counts = [ak.num(a) for a in fields.values()]
             if all(bool(ak.all(c == counts[0])) for c in counts[1:]):
@@ -224,6 +221,14 @@ class RootSink:
 RUNS_TREE_NAME = "Runs"
 
 
+def _leave_list_counters_to_uproot(branches: dict[str, Any]) -> None:
+    """Drop the counter of each list of its own (`PSWeight`'s `nPSWeight`, `LHEScaleSumw_`'s): uproot writes
+    it from the list itself, and one given as well, after the list, makes it fail."""
+    for name, values in list(branches.items()):
+        if values.ndim > 1:
+            branches.pop(nanoaod_counter_name(name), None)
+
+
 def _write_runs(handle: Any, runs: list[dict[str, Any]]) -> None:
     """The primary file's `Runs` tree (genEventSumw, LHEScaleSumw, ...: what MC is normalised with), one entry
     per run as it was read, beside the joined tree (the Parquet sink keeps it in the file's metadata).
@@ -238,9 +243,7 @@ def _write_runs(handle: Any, runs: list[dict[str, Any]]) -> None:
         for name in array.fields
         if fits_a_ttree(ak.to_arrow(array[name], extensionarray=False).type)
     }
-    for name, values in list(fields.items()):
-        if values.ndim > 1:  # uproot writes the list's counter (`nLHEScaleSumw_`) from the list itself
-            fields.pop(nanoaod_counter_name(name), None)
+    _leave_list_counters_to_uproot(fields)
     if fields:
         handle.mktree(RUNS_TREE_NAME, {k: v.type.content for k, v in fields.items()},
                       counter_name=nanoaod_counter_name)
