@@ -22,11 +22,13 @@ from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.errors import SpecError
 from joiner.gather import SourcePool, gather, place, take_rows
 from joiner.index import (
+    DatasetFiles,
     DatasetIndex,
     FragmentStore,
     KeyFragment,
     KeyTuple,
     build_dataset_index,
+    build_dataset_indexes,
     build_fragment,
     has_repeated_keys,
 )
@@ -154,24 +156,19 @@ def resolve_friend_indexes(
     storage_options: Mapping[str, Any] | None = None,
     path_check: PathCheck | None = None,
 ) -> dict[str, DatasetIndex]:
-    """Key indexes of every friend dataset (cached fragments where the store has them)."""
-    indexes = {}
+    """Key indexes of every friend dataset (cached fragments where the store has them), built together."""
+    datasets = []
     for friend in spec.friends:
         paths = expand_paths(friend.files, storage_options)
         if path_check is not None:
             for path in paths:
                 path_check(path)
-        indexes[friend.name] = build_dataset_index(
-            friend.name,
-            paths,
-            tree=spec.friend_tree(friend),
-            key_columns=spec.key_columns,
-            file_format=friend.format,
-            store=fragment_store,
-            storage_options=storage_options,
-            key_branches=spec.key_branches(friend),
+        datasets.append(
+            DatasetFiles(friend.name, paths, spec.friend_tree(friend), friend.format, spec.key_branches(friend))
         )
-    return indexes
+    return build_dataset_indexes(
+        datasets, key_columns=spec.key_columns, store=fragment_store, storage_options=storage_options
+    )
 
 
 def resolve_primary_index(

@@ -372,7 +372,8 @@ def load_fragment(
 
 
 LEASE_SECONDS = 120.0  # a lease older than this is a builder that died: build the fragment anyway
-LEASE_POLL_SECONDS = 0.2
+LEASE_POLL_SECONDS = 0.02  # the first wait for a fragment another builder holds; each next one is longer
+LEASE_POLL_MAX_SECONDS = 1.0  # a long build is asked after at most once a second (each ask: two GETs)
 _LEASE_TOKEN = secrets.token_hex(4)
 
 
@@ -488,14 +489,21 @@ class _FragmentJob:
         return True
 
     def await_or_build(self, store: FragmentStore | None) -> KeyFragment:
-        """The fragment another process is building: wait for it, or build it once its lease is stale."""
+        """The fragment another process is building: wait for it, or build it once its lease is stale.
+
+        The waits grow from LEASE_POLL_SECONDS to LEASE_POLL_MAX_SECONDS: a fragment that is nearly done
+        (the common case when workers start together) is picked up within tens of milliseconds, while a
+        long build is not asked after more than once a second by each worker waiting for it.
+        """
+        delay = LEASE_POLL_SECONDS
         while True:
             fragment = self.cached(store)
             if fragment is not None:
                 return fragment
             if self.take_lease(store):
                 return self.build(store)
-            time.sleep(LEASE_POLL_SECONDS)
+            time.sleep(delay)
+            delay = min(delay * 1.5, LEASE_POLL_MAX_SECONDS)
 
 
 @contextlib.contextmanager
@@ -505,6 +513,29 @@ def _naming_the_dataset(name: str) -> Iterator[None]:
         yield
     except InputFileError as error:
         raise type(error)(f"friend dataset {name!r}: {error.reason}", path=error.path, tree=error.tree) from None
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A dataset whose key index is wanted: its name, its files (in the spec's order) and how to read them.
+
+    `key_branches` says where the files keep the key columns (default: branches named as the columns).
+    """
+
+    name: str
+    paths: Sequence[str]
+    tree: str
+    file_format: FileFormat | None = None
+    key_branches: KeyBranches | None = None
+
+
+@dataclass
+class _Claimed:
+    """A dataset after the first pass: the fragments in hand, and the positions another builder holds."""
+
+    dataset: DatasetFiles
+    fragments: dict[int, KeyFragment] = field(default_factory=dict)
+    leased_elsewhere: list[int] = field(default_factory=list)  # positions only: files are opened again later
 
 
 def build_dataset_index(
@@ -519,38 +550,77 @@ def build_dataset_index(
     shuffle_seed: int | None = None,
     key_branches: KeyBranches | None = None,
 ) -> DatasetIndex:
-    """Fragments of every file, shared out among workers that build the same dataset at the same time.
+    """The index of one dataset (`build_dataset_indexes` for a single one)."""
+    dataset = DatasetFiles(name, list(paths), tree, file_format, key_branches)
+    return build_dataset_indexes(
+        [dataset], key_columns=key_columns, store=store, storage_options=storage_options, shuffle_seed=shuffle_seed
+    )[name]
+
+
+def build_dataset_indexes(
+    datasets: Sequence[DatasetFiles],
+    *,
+    key_columns: Sequence[str],
+    store: FragmentStore | None = None,
+    storage_options: StorageOptions | None = None,
+    shuffle_seed: int | None = None,
+) -> dict[str, DatasetIndex]:
+    """Fragments of every file of `datasets`, shared out among workers that build them at the same time.
 
     Files are visited in a shuffled order; a fragment that is cached is loaded, one that another worker
     holds a lease on is left for the end, and the others are leased and built. At the end the left-over
     fragments are awaited (or built, if their builder's lease went stale). N workers starting together on a
-    new dataset thus read its friend keys about once in all, not N times. `key_branches` says where the
-    dataset's files keep the key columns (default: branches named as the columns).
+    new dataset thus read its friend keys about once in all, not N times.
+
+    The datasets a file joins against are built together: every dataset's free fragments are built before
+    any other builder's are awaited, so a worker that finished its share of the first friend goes on with
+    the second instead of waiting for the first's last fragment.
     """
-    order = list(range(len(paths)))
-    random.Random(shuffle_seed).shuffle(order)
-    fragments: dict[int, KeyFragment] = {}
-    leased_elsewhere: list[int] = []  # positions only: a dataset may have more files than may be open at once
     writes = _Writes(store)
+    claimed: list[_Claimed] = []
     try:
-        for position in order:
-            with _naming_the_dataset(name):
-                job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options, key_branches)
-                fragment = job.cached(store)
-                if fragment is None:
-                    if not job.take_lease(store, writes):
-                        leased_elsewhere.append(position)
-                        continue
-                    fragment = job.build(store, writes)
-                fragments[position] = fragment
+        for dataset in datasets:
+            claimed.append(_claim_and_build(dataset, key_columns, store, storage_options, shuffle_seed, writes))
     except BaseException:
         writes.wait(raise_errors=False)  # the error in hand is the one to report
         raise
     writes.wait()
-    for position in leased_elsewhere:
-        with _naming_the_dataset(name):
-            job = _FragmentJob.open(paths[position], tree, key_columns, file_format, storage_options, key_branches)
-            fragments[position] = job.await_or_build(store)
-    return DatasetIndex(
-        name, list(paths), [fragments[p] for p in range(len(paths))], file_format, tree, key_branches
-    )
+    indexes: dict[str, DatasetIndex] = {}
+    for part in claimed:
+        dataset, fragments = part.dataset, part.fragments
+        for position in part.leased_elsewhere:
+            with _naming_the_dataset(dataset.name):
+                job = _FragmentJob.open(dataset.paths[position], dataset.tree, key_columns, dataset.file_format,
+                                        storage_options, dataset.key_branches)
+                fragments[position] = job.await_or_build(store)
+        indexes[dataset.name] = DatasetIndex(
+            dataset.name, list(dataset.paths), [fragments[p] for p in range(len(dataset.paths))],
+            dataset.file_format, dataset.tree, dataset.key_branches,
+        )
+    return indexes
+
+
+def _claim_and_build(
+    dataset: DatasetFiles,
+    key_columns: Sequence[str],
+    store: FragmentStore | None,
+    storage_options: StorageOptions | None,
+    shuffle_seed: int | None,
+    writes: _Writes,
+) -> _Claimed:
+    """The first pass over one dataset: load what is cached, build what nobody holds, note the rest."""
+    claimed = _Claimed(dataset)
+    order = list(range(len(dataset.paths)))
+    random.Random(shuffle_seed).shuffle(order)
+    for position in order:
+        with _naming_the_dataset(dataset.name):
+            job = _FragmentJob.open(dataset.paths[position], dataset.tree, key_columns, dataset.file_format,
+                                    storage_options, dataset.key_branches)
+            fragment = job.cached(store)
+            if fragment is None:
+                if not job.take_lease(store, writes):
+                    claimed.leased_elsewhere.append(position)
+                    continue
+                fragment = job.build(store, writes)
+            claimed.fragments[position] = fragment
+    return claimed

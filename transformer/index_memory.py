@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from joiner.engine import Role, resolve_primary_index
-from joiner.index import DatasetIndex, FragmentStore, build_dataset_index
+from joiner.index import DatasetFiles, DatasetIndex, FragmentStore, build_dataset_indexes
 from joiner.sources import expand_paths, open_source
 from joiner.spec import DuplicatePolicy, FileFormat, JoinSpec, KeyBranches
 
@@ -95,46 +95,53 @@ class IndexMemory:
             if not spec.primary.files:
                 resolve_primary_index(spec)  # raises the engine's SpecError naming what is missing
             datasets.append(_Dataset(PRIMARY, tuple(spec.primary.files), spec.primary_tree, None, spec.key_branches()))
-        return {
-            dataset.name: self._dataset(
-                dataset, spec.key_columns, spec.duplicates, fragment_store, storage_options, path_check
-            )
-            for dataset in datasets
-        }
+        key_columns = tuple(spec.key_columns)
+        found: dict[str, DatasetIndex] = {}
+        wanted: list[tuple[tuple[Any, ...], _Dataset, list[str]]] = []
+        for dataset in datasets:
+            paths = expand_paths(dataset.patterns, storage_options)
+            if path_check is not None:
+                for path in paths:
+                    path_check(path)
+            slot = (dataset, tuple(paths), key_columns, spec.duplicates)
+            entry = self._entries.get(slot)
+            if entry is not None and self._still_valid(entry, dataset, storage_options):
+                self._entries.move_to_end(slot)
+                self.reuses += 1
+                found[dataset.name] = entry.index
+            else:
+                wanted.append((slot, dataset, paths))
+        if wanted:  # loaded together: builders share out the fragments of all of them before waiting
+            found.update(self._load(wanted, key_columns, spec.duplicates, fragment_store, storage_options))
+        return {dataset.name: found[dataset.name] for dataset in datasets}
 
-    def _dataset(
+    def _load(
         self,
-        dataset: _Dataset,
+        wanted: Sequence[tuple[tuple[Any, ...], _Dataset, list[str]]],
         key_columns: Sequence[str],
         duplicates: DuplicatePolicy,
         store: FragmentStore | None,
         options: Mapping[str, Any] | None,
-        path_check: Callable[[str], None] | None,
-    ) -> DatasetIndex:
-        paths = expand_paths(dataset.patterns, options)
-        if path_check is not None:
-            for path in paths:
-                path_check(path)
-        slot = (dataset, tuple(paths), tuple(key_columns), duplicates)
-        entry = self._entries.get(slot)
-        if entry is not None and self._still_valid(entry, dataset, options):
-            self._entries.move_to_end(slot)
-            self.reuses += 1
-            return entry.index
-        fingerprints = [local_fingerprint(path) for path in paths]  # before reading: a later change shows
-        index = build_dataset_index(
-            dataset.name, paths, tree=dataset.tree, key_columns=key_columns, file_format=dataset.file_format,
-            store=store, storage_options=options, key_branches=dataset.key_branches,
+    ) -> dict[str, DatasetIndex]:
+        fingerprints = {  # before reading: a change made meanwhile shows at the next check
+            dataset.name: [local_fingerprint(path) for path in paths] for _, dataset, paths in wanted
+        }
+        indexes = build_dataset_indexes(
+            [DatasetFiles(dataset.name, paths, dataset.tree, dataset.file_format, dataset.key_branches)
+             for _, dataset, paths in wanted],
+            key_columns=key_columns, store=store, storage_options=options,
         )
-        index.check_duplicates(duplicates)
-        self.loads += 1
-        log.info("key index of %r loaded: %d files, %d entries (load %d, %d reuses so far)", dataset.name,
-                 len(paths), sum(f.num_entries for f in index.fragments), self.loads, self.reuses)
-        self._entries[slot] = _Entry(index, fingerprints)
-        self._entries.move_to_end(slot)
-        while len(self._entries) > self.max_datasets:
-            self._entries.popitem(last=False)
-        return index
+        for slot, dataset, paths in wanted:
+            index = indexes[dataset.name]
+            index.check_duplicates(duplicates)
+            self.loads += 1
+            log.info("key index of %r loaded: %d files, %d entries (load %d, %d reuses so far)", dataset.name,
+                     len(paths), sum(f.num_entries for f in index.fragments), self.loads, self.reuses)
+            self._entries[slot] = _Entry(index, fingerprints[dataset.name])
+            self._entries.move_to_end(slot)
+            while len(self._entries) > self.max_datasets:
+                self._entries.popitem(last=False)
+        return indexes
 
     def _still_valid(self, entry: _Entry, dataset: _Dataset, options: Mapping[str, Any] | None) -> bool:
         for position, (path, fragment) in enumerate(zip(entry.index.paths, entry.index.fragments, strict=True)):

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from joiner import index as index_module
-from joiner.index import LEASE_SECONDS, build_dataset_index, build_fragment, fragment_name
+from joiner.index import (
+    LEASE_SECONDS,
+    DatasetFiles,
+    build_dataset_index,
+    build_dataset_indexes,
+    build_fragment,
+    fragment_name,
+)
 from joiner.sources import open_source
 from tests.joiner import friends
 from transformer.commands.local_cache import LocalFragmentStore
@@ -121,3 +128,38 @@ def test_fragments_are_stored_when_the_index_is_returned_and_a_failed_write_is_r
 
     with pytest.raises(OSError, match="refused"):
         _index(dataset, BrokenStore(tmp_path / "broken"))
+
+
+def test_the_free_fragments_of_every_dataset_are_built_before_another_builders_are_awaited(
+    nano_dy: Path, tmp_path: Path, builds: list[str]
+) -> None:
+    # Two friends of one spec: another worker holds a fragment of the first. This worker builds all of the
+    # second before it waits, so that two workers starting together share both friends' work; waiting on
+    # the first friend's fragment before touching the second would have left one of them idle.
+    first = [str(p) for p in friends.regrouped([nano_dy], tmp_path / "first", n_files=3, seed=1)]
+    second = [str(p) for p in friends.regrouped([nano_dy], tmp_path / "second", n_files=3, seed=2)]
+    store = LocalFragmentStore(tmp_path / "cache")
+    busy = first[0]
+    _lease(store, busy)
+    fragment = build_fragment(open_source(busy, tree="Friends"), KEYS)
+    second_built_before_the_wait_ended: list[bool] = []
+
+    def other_worker() -> None:  # finishes its fragment once this worker has built the second friend (or 10 s)
+        deadline = time.monotonic() + 10
+        while not set(second) <= set(builds) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second_built_before_the_wait_ended.append(set(second) <= set(builds))
+        store.put(_name(busy), fragment.to_bytes())
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    try:
+        datasets = [DatasetFiles("first", first, "Friends"), DatasetFiles("second", second, "Friends")]
+        indexes = build_dataset_indexes(datasets, key_columns=KEYS, store=store)
+    finally:
+        thread.join()
+    assert second_built_before_the_wait_ended == [True]
+    assert busy not in builds  # awaited, not built twice
+    assert sorted(builds) == sorted(first[1:] + second)
+    assert [index.paths for index in indexes.values()] == [first, second]
+    assert indexes["first"].fragments[0].num_entries == fragment.num_entries
