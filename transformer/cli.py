@@ -104,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if level > logging.DEBUG:
-        # pika narrates each step of a connection and httpx each request at INFO; the worker logs its own
+        # pika narrates each step of a connection (and httpx each request) at INFO; the worker logs its own
         # connects, losses and accepted reports, once each
-        for chatty in ("pika", "httpx"):
+        for chatty in ("pika", "urllib3", "httpx"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     module_name, function_name = _HANDLERS[args.command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)

@@ -89,6 +89,8 @@ def load_spec_text(path: str | Path) -> tuple[str | None, str | None]:
 
 def make_runner() -> Callable[[FileJob], FileOutcome]:
     """The transform process's handler (imports the engine, storage and inference in that process)."""
+    from transformer.process_memory import keep_freed_memory
     from transformer.task import JobRunner
 
+    keep_freed_memory()  # it serves file after file
     return JobRunner()

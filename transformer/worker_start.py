@@ -1,7 +1,7 @@
 """Entry of `servicex-joiner worker`: the fork server is started before anything else is imported.
 
-A worker's first file waits for two sets of imports: the consumer's own (pika, pydantic settings, httpx:
-about 0.3 s) and the fork server's (the engine: numpy, awkward, pyarrow, uproot, minio: about 0.75 s),
+A worker's first file waits for two sets of imports: the consumer's own (pika, pydantic settings, urllib3:
+about 0.25 s) and the fork server's (the engine: numpy, awkward, pyarrow, uproot, minio: about 0.75 s),
 from which the transform process is forked. Started from `transformer.worker`, the fork server began
 importing only once the consumer had finished; started here, first, the two run side by side (the pod's
 start-up is shorter by the consumer's imports). The facility settings shipped with the generated code are

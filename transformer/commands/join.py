@@ -34,6 +34,7 @@ from joiner.sources import expand_paths
 from joiner.spec import How, JoinSpec, load_spec
 from transformer.commands.local_cache import LocalFragmentStore, default_cache_dir
 from transformer.naming import object_name
+from transformer.process_memory import keep_freed_memory
 
 log = logging.getLogger("servicex_joiner.join")
 
@@ -195,6 +196,7 @@ def _summary(spec: JoinSpec, outcomes: list[Outcome], wall: float, out: Path, ou
 def run(args: argparse.Namespace) -> int:
     """Handler of `servicex-joiner join`."""
     started = time.perf_counter()
+    keep_freed_memory()  # this process (and each pool process) joins file after file
     triton_url = os.environ.get("TRITON_URL")
     try:
         spec = load_spec(args.spec)
@@ -239,6 +241,7 @@ def _install_context(context: _TaskContext) -> None:
     from joiner.threads import THREADS_VARIABLE
 
     _WORKER_CONTEXT["join"] = context
+    keep_freed_memory()
     os.environ.setdefault(THREADS_VARIABLE, str(context.threads))  # before this process makes its pool
 
 
