@@ -27,6 +27,8 @@ METADATA_KEY = "servicex_joiner"
 RUNS_KEY = "servicex_joiner.runs"
 ROOT_TREE_NAME = "servicex"
 
+OBSERVED_BLOCK_BYTES = 1024 * 1024  # what an observer is handed at a time (the last block may be shorter)
+
 OutputObserver = Callable[[bytes], None]
 """Receives the output's bytes in order, block by block, as they are written (Parquet only)."""
 
@@ -101,8 +103,15 @@ class ParquetSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._schema = schema
         self._file = _ObservedFile(self._tmp, observer) if observer is not None else None
+        # Parquet writes every page header on its own (hundreds of small writes a file); buffered here, the
+        # observed file (Python, under the GIL, beside an upload thread) is called once per megabyte.
+        self._buffered = (
+            pa.BufferedOutputStream(pa.PythonFile(self._file, mode="w"), buffer_size=OBSERVED_BLOCK_BYTES)
+            if self._file is not None
+            else None
+        )
         self._writer = pq.ParquetWriter(
-            self._file if self._file is not None else self._tmp,
+            self._buffered if self._buffered is not None else self._tmp,
             schema,
             compression="zstd",
             use_dictionary=dictionary_columns(schema),
@@ -122,6 +131,8 @@ class ParquetSink:
             extra[RUNS_KEY] = json.dumps(self._runs, default=float)
         self._writer.add_key_value_metadata(extra)
         self._writer.close()
+        if self._buffered is not None:
+            self._buffered.close()  # the last block to the observed file, which it closes
         if self._file is not None:
             self._file.close()
         os.replace(self._tmp, self.path)
@@ -130,6 +141,9 @@ class ParquetSink:
     def abort(self) -> None:
         with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
+        if self._buffered is not None:
+            with contextlib.suppress(OSError, ValueError, pa.ArrowException):
+                self._buffered.close()
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
