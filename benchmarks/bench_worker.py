@@ -7,11 +7,13 @@ workers on the same queue; (4) one worker writing its results to a directory (`-
 volume`) instead of S3, which separates the worker's own overhead from the upload. Each timing includes
 process start-up (tasks are queued before the workers start, as the App does); every run starts with cold
 caches (a fresh `--index-cache` directory for `join`, a fresh cache bucket, for key indexes and results,
-for the workers). CPU-seconds are user+system time of the process trees (workers, their fork servers and
-transform processes; the join command and its pool); the S3 server's CPU during each run is printed
+for the workers). The project's modules are byte-compiled first, as the image's install does. CPU-seconds
+are user+system time of the process trees (workers, their fork servers and transform processes; the join
+command and its pool); the S3 server's CPU during each run is printed
 beside them (SeaweedFS shares the two cores here; a deployment's MinIO runs elsewhere). The runs are
-repeated in turn (`--repeats`, interleaved, so that the machine's changing load hits each alike) and
-medians are printed beside every repeat. Needs RabbitMQ on 127.0.0.1:5672.
+repeated in turn (`--repeats`, interleaved, so that the machine's changing load hits each alike; every
+other repeat in reverse order, so that a drift within a repeat favours no run) and medians are printed
+beside every repeat. Needs RabbitMQ on 127.0.0.1:5672.
 
 Usage: python benchmarks/bench_worker.py [--data DIR] [--events N] [--files N] [--repeats N]
 """
@@ -233,15 +235,22 @@ def main() -> int:
                 s3_env["JOINER_RESULT_CACHE"] = "false"
             if args.no_stream_uploads:
                 s3_env["JOINER_STREAM_UPLOADS"] = "false"
+
+            def measure(name: str, repeat: int, s3_pid: int) -> tuple[float, float, float]:
+                if name == names[0]:
+                    return run_join(spec, work / f"join-out-{repeat}", s3_pid, settings)
+                volume = work / f"volume-{repeat}" if name == names[3] else None
+                return run_workers(2 if name == names[2] else 1, spec, inputs, s3_env, work, recorder, publisher,
+                                   s3_pid, volume=volume)
+
             for repeat in range(args.repeats):
-                s3_pid = server.process.pid
-                join = run_join(spec, work / f"join-out-{repeat}", s3_pid, settings)
-                one = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
-                two = run_workers(2, spec, inputs, s3_env, work, recorder, publisher, s3_pid)
-                local = run_workers(1, spec, inputs, s3_env, work, recorder, publisher, s3_pid,
-                                    volume=work / f"volume-{repeat}")
-                for name, measured in zip(names, (join, one, two, local), strict=True):
-                    runs[name].append(measured)
+                # every other repeat runs in reverse order, so that a machine that speeds up or slows down
+                # during a repeat does not always favour the same run of the ratios
+                order = list(names) if repeat % 2 == 0 else list(reversed(names))
+                measured_now = {name: measure(name, repeat, server.process.pid) for name in order}
+                join, one, two, local = (measured_now[name] for name in names)
+                for name in names:
+                    runs[name].append(measured_now[name])
                 ratios.append((join[0] / one[0], one[0] / two[0], join[0] / local[0]))
                 print(f"repeat {repeat + 1}: join {join[0]:.2f} s, worker x1 {one[0]:.2f} s, worker x2 {two[0]:.2f} s, "
                       f"worker x1 to a volume {local[0]:.2f} s; x1/join {ratios[-1][0]:.2f}, "
