@@ -163,3 +163,24 @@ def test_the_free_fragments_of_every_dataset_are_built_before_another_builders_a
     assert sorted(builds) == sorted(first[1:] + second)
     assert [index.paths for index in indexes.values()] == [first, second]
     assert indexes["first"].fragments[0].num_entries == fragment.num_entries
+
+
+def test_a_fragment_whose_builder_fails_while_awaited_is_built_here(
+    dataset: list[str], tmp_path: Path, builds: list[str]
+) -> None:
+    # the other worker holds the lease when this one gets there, then reports its build failed: this
+    # worker opens the file again and builds the fragment itself instead of waiting for the lease to age
+    store = LocalFragmentStore(tmp_path / "cache")
+    busy = dataset[2]
+    _lease(store, busy)
+    other = threading.Timer(0.3, lambda: _lease(store, busy, failed=True))
+    other.start()
+    try:
+        started = time.monotonic()
+        index = _index(dataset, store)
+    finally:
+        other.join()
+    assert time.monotonic() - started < LEASE_SECONDS / 4
+    assert sorted(builds) == sorted(dataset)
+    assert index.fragments[2].num_entries == build_fragment(open_source(busy, tree="Friends"), KEYS).num_entries
+    assert store.get(_name(busy)) is not None
