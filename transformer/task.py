@@ -12,6 +12,7 @@ Triton producers). This module never touches the broker or the App; the worker r
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import shutil
@@ -133,6 +134,8 @@ class ResultCacheLike(Protocol):
     def lookup(self, key: CacheKey) -> CachedResult | None: ...
 
     def deliver(self, cached: CachedResult, bucket: str, name: str) -> int | None: ...
+
+    def promote(self, cached: CachedResult, bucket: str, name: str) -> bool: ...
 
     def publish(self, key: CacheKey, bucket: str, name: str, counts: ResultCounts) -> bool: ...
 
@@ -316,6 +319,8 @@ def transform_file(
             if size is not None:
                 log.info("request_id=%s file_id=%s result cache hit %s: copied %d bytes to %s",
                          *ids, hit.key.digest[:16], size, produced.name)
+                if not hit.promoted:
+                    _in_background(parts, functools.partial(_promote, cache, hit, bucket, produced.name, ids))
                 counts = hit.counts
                 return FileOutcome(
                     status=FileStatus.SUCCESS, file_path=produced.path, object_name=produced.name,
@@ -370,12 +375,9 @@ def transform_file(
 
         def enter() -> None:
             if cache.publish(key, bucket, name, counts):
-                log.info("request_id=%s file_id=%s entered into the result cache as %s", *ids, key.object_name)
+                log.info("request_id=%s file_id=%s entered into the result cache as %s", *ids, key.reference_name)
 
-        if parts.background is not None:
-            parts.background(enter)  # the object is stored: the report need not wait for the cache entry
-        else:
-            enter()
+        _in_background(parts, enter)
     return FileOutcome(
         status=FileStatus.SUCCESS,
         file_path=produced.path,
@@ -390,6 +392,20 @@ def transform_file(
         cache=use,
         cache_key=produced.key.digest if produced.key is not None else None,
     )
+
+
+def _in_background(parts: Collaborators, step: Callable[[], None]) -> None:
+    """Run a cache write after the file's object is stored: the report need not wait for it."""
+    if parts.background is not None:
+        parts.background(step)
+    else:
+        step()
+
+
+def _promote(cache: ResultCacheLike, hit: CachedResult, bucket: str, name: str, ids: tuple[str, int]) -> None:
+    if cache.promote(hit, bucket, name):
+        log.info("request_id=%s file_id=%s result cache entry %s reused: copied into the cache", *ids,
+                 hit.key.digest[:16])
 
 
 def _produce(

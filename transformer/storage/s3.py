@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
+_CHANGED_CODES = frozenset({"PreconditionFailed"})  # a conditional copy whose source is no longer that object
 _BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
 _USER_META_PREFIX = "x-amz-meta-"
@@ -46,6 +47,7 @@ class ObjectInfo:
     size: int
     last_modified: datetime | None
     metadata: dict[str, str] = field(default_factory=dict)  # user metadata, lower-case names without prefix
+    etag: str | None = None  # without quotes; changes whenever the object is rewritten with other bytes
 
 
 _Result = TypeVar("_Result")
@@ -172,7 +174,8 @@ class S3Store:
         stat = _unless_missing("stat", bucket, name, lambda: self.client.stat_object(bucket, name))
         if stat is None:
             return None
-        return ObjectInfo(name, int(stat.size or 0), stat.last_modified, _user_metadata(stat.metadata))
+        etag = str(stat.etag).strip('"') if stat.etag else None
+        return ObjectInfo(name, int(stat.size or 0), stat.last_modified, _user_metadata(stat.metadata), etag)
 
     def copy(
         self,
@@ -182,25 +185,35 @@ class S3Store:
         name: str,
         *,
         metadata: Mapping[str, str] | None = None,
+        source_etag: str | None = None,
     ) -> int | None:
         """Server-side copy of one object (the bytes never leave the store); returns the copy's size.
 
         The copy appears whole or not at all, replacing any object of that name. With `metadata`, the
-        copy carries exactly that user metadata (else the source's).
+        copy carries exactly that user metadata (else the source's). With `source_etag`, the store copies
+        only if the source still has that ETag (`x-amz-copy-source-if-match`), so a source rewritten since
+        it was looked at is never copied under an old name.
 
         Returns:
-            The stored size of the copy, or None when the source does not exist (the target is untouched).
+            The stored size of the copy, or None when the source does not exist or no longer has
+            `source_etag` (the target is untouched).
         """
         self.ensure_bucket(bucket)
-        source = CopySource(source_bucket, source_name)
+        source = CopySource(source_bucket, source_name, match_etag=source_etag)
         options: dict[str, Any] = {}
         if metadata is not None:
             options = {"metadata": dict(metadata), "metadata_directive": REPLACE}
-        copied = _unless_missing(
-            f"copy from s3://{source_bucket}/{source_name}", bucket, name,
-            lambda: self.client.copy_object(bucket, name, source, **options),
-        )
-        if copied is None:
+        what = f"copy from s3://{source_bucket}/{source_name}"
+
+        def copy() -> object:
+            try:
+                return self.client.copy_object(bucket, name, source, **options)
+            except S3Error as error:
+                if error.code in _CHANGED_CODES:
+                    return None
+                raise
+
+        if _unless_missing(what, bucket, name, copy) is None:
             return None
         return self.size(bucket, name)
 
