@@ -34,7 +34,7 @@ from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.errors import InputFileError
 from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_order, union_ranges
 from joiner.merge import match_keys, sort_packed
-from joiner.sources import FileIdentity, StorageOptions, TableSource, open_source
+from joiner.sources import FileIdentity, StorageOptions, TableSource, file_identity, open_source, source_format
 from joiner.spec import DuplicatePolicy, FileFormat, How, KeyBranches
 from joiner.threads import thread_count
 
@@ -52,14 +52,23 @@ class FragmentStore(Protocol):
     def put(self, name: str, data: bytes) -> None: ...
 
 
-def fragment_name(identity: FileIdentity, tree: str | None, key_columns: Sequence[str]) -> str:
-    """Content-addressed cache name of a file's fragment: changes with the file, tree, key or format."""
+def fragment_name(
+    identity: FileIdentity, tree: str | None, key_columns: Sequence[str], key_branches: KeyBranches | None = None
+) -> str:
+    """Content-addressed cache name of a file's fragment: changes with the file, tree, key or format.
+
+    It names the key columns with the branch names each may have (`key_branches`), not the branches a
+    file turns out to have: which of them a file has follows from its content, which its identity stands
+    for. The name is thus known from the file's header alone, and a cached fragment is found without
+    reading the file's tree.
+    """
+    choices = key_branches or KeyBranches.named(key_columns)
     document = json.dumps(
         {
             "version": INDEX_FORMAT_VERSION,
             "file": identity.as_dict(),
             "tree": tree,
-            "key": list(key_columns),
+            "key": [[name, list(choices.candidates(name))] for name in key_columns],
         },
         sort_keys=True,
     )
@@ -89,7 +98,12 @@ class KeyFragment:
         return tuple(int(c[-1]) for c in self.keys) if self.num_entries else None
 
     @property
-    def name(self) -> str:
+    def content_name(self) -> str:
+        """A name for what the fragment holds: the file's identity, the tree and the branches read.
+
+        What a result cache keys on; it is the fragment's cache name only where the key columns are
+        branches of those names.
+        """
         return fragment_name(self.identity, self.tree, self.key_columns)
 
     def overlaps(self, low: KeyTuple, high: KeyTuple) -> bool:
@@ -193,7 +207,7 @@ def build_fragment(source: TableSource, key_columns: Sequence[str], *, chunk: in
     return KeyFragment(
         identity=source.identity(),
         tree=source.tree,
-        key_columns=tuple(source.key_branch_names(key_columns)),  # the branches read: part of its address
+        key_columns=tuple(source.key_branch_names(key_columns)),  # the branches read
         num_entries=n,
         keys=sorted_keys,
         entries=order.astype(np.int64),
@@ -425,10 +439,18 @@ class _Writes:
 
 @dataclass(frozen=True)
 class _FragmentJob:
-    """One file's fragment to find or build: the open source and the fragment's content address."""
+    """One file's fragment to find or build: the file, its identity and the fragment's content address.
 
-    source: TableSource
+    Only the file's header is read to address it (`file_identity`); its tree is opened only to build.
+    """
+
+    path: str
+    tree: str | None  # None for Parquet: the file is the table
     key_columns: Sequence[str]
+    file_format: FileFormat | None
+    storage_options: StorageOptions | None
+    key_branches: KeyBranches | None
+    identity: FileIdentity
     name: str
 
     @classmethod
@@ -441,24 +463,28 @@ class _FragmentJob:
         storage_options: StorageOptions | None,
         key_branches: KeyBranches | None = None,
     ) -> _FragmentJob:
-        source = open_source(
-            path, tree=tree, file_format=file_format, storage_options=storage_options, key_branches=key_branches
-        )
-        branches = source.key_branch_names(key_columns)  # the address names what is read
-        return cls(source, key_columns, fragment_name(source.identity(), source.tree, branches))
+        table = None if source_format(path, file_format) is FileFormat.PARQUET else tree
+        identity = file_identity(path, storage_options, file_format=file_format)
+        name = fragment_name(identity, table, key_columns, key_branches)
+        return cls(path, table, key_columns, file_format, storage_options, key_branches, identity, name)
 
     def cached(self, store: FragmentStore | None) -> KeyFragment | None:
-        return _cached_fragment(store, self.name, self.source.identity())
+        return _cached_fragment(store, self.name, self.identity)
 
     def build(self, store: FragmentStore | None, writes: _Writes | None = None) -> KeyFragment:
         try:
-            fragment = build_fragment(self.source, self.key_columns)
+            source = open_source(self.path, tree=self.tree or "", file_format=self.file_format,
+                                 storage_options=self.storage_options, key_branches=self.key_branches)
+            fragment = build_fragment(source, self.key_columns)
         except BaseException:
             # others waiting on this lease build (and report) it themselves instead of waiting it out
             _write_lease(store, self.name, failed=True)
             raise
-        if store is not None:  # serialised only for a store to keep
-            (writes or _Writes(store, threads=0)).put(self.name, fragment.to_bytes())
+        if store is not None:  # serialised only for a store to keep, under the address of what was read
+            name = self.name
+            if fragment.identity != self.identity:  # the file was replaced since its header was read
+                name = fragment_name(fragment.identity, self.tree, self.key_columns, self.key_branches)
+            (writes or _Writes(store, threads=0)).put(name, fragment.to_bytes())
         return fragment
 
     def take_lease(self, store: FragmentStore | None, writes: _Writes | None = None) -> bool:
@@ -646,7 +672,7 @@ def _claim_and_build(
             fragment = job.cached(store)
             if fragment is None:
                 if not job.take_lease(store, writes):
-                    claimed.leased_elsewhere.append(_Awaited(position, job.name, job.source.identity()))
+                    claimed.leased_elsewhere.append(_Awaited(position, job.name, job.identity))
                     continue
                 fragment = job.build(store, writes)
             claimed.fragments[position] = fragment

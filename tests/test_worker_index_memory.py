@@ -76,7 +76,7 @@ def test_reused_while_unchanged_reloaded_when_a_file_changes(
     assert local_fingerprint(str(changed)) != before
     second = memory.resolve(spec, Role.PRIMARY, fragment_store=store)["sys"]
     assert second is not first and memory.loads == 2 and len(checks) == 2
-    assert [f.name for f in second.fragments] != [f.name for f in first.fragments]
+    assert [f.content_name for f in second.fragments] != [f.content_name for f in first.fragments]
 
     # touched but identical content: the identity is read again, the index is kept
     changed.touch()

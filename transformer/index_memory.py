@@ -21,7 +21,7 @@ from typing import Any
 
 from joiner.engine import Role, resolve_primary_index
 from joiner.index import DatasetFiles, DatasetIndex, FragmentStore, build_dataset_indexes
-from joiner.sources import expand_paths, open_source
+from joiner.sources import expand_paths, file_identity
 from joiner.spec import DuplicatePolicy, FileFormat, JoinSpec, KeyBranches
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ class IndexMemory:
             now = local_fingerprint(path)
             if now is not None and now == entry.fingerprints[position]:
                 continue
-            file_format = dataset.file_format
-            identity = open_source(path, tree=dataset.tree, file_format=file_format, storage_options=options).identity()
+            identity = file_identity(path, options, file_format=dataset.file_format)
             if identity != fragment.identity:
                 log.info("friend file %s changed (%s -> %s): reloading the key index of %r", path,
                          fragment.identity.as_dict(), identity.as_dict(), dataset.name)

@@ -533,7 +533,7 @@ def cache_key_for(
         spec_canonical=spec.canonical_json(without_primary_files=True),
         input_identity={**identity.as_dict(), "path": logical_path(replica)},
         role=role.value,
-        fragments={name: [fragment.name for fragment in index.fragments] for name, index in (indexes or {}).items()},
+        fragments={name: [f.content_name for f in index.fragments] for name, index in (indexes or {}).items()},
         models=models,
         output_format=result_format,
         parquet=output_format is OutputFormat.PARQUET,

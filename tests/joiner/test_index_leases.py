@@ -22,7 +22,8 @@ from joiner.index import (
     build_fragment,
     fragment_name,
 )
-from joiner.sources import open_source
+from joiner.sources import file_identity, open_source
+from joiner.spec import KeyBranches
 from tests.joiner import friends
 from transformer.commands.local_cache import LocalFragmentStore
 
@@ -98,12 +99,38 @@ def test_a_dead_failed_or_own_lease_does_not_hold_the_build_up(
     assert len(index.fragments) == len(dataset)
 
 
-def test_a_second_worker_finds_every_fragment_cached(dataset: list[str], tmp_path: Path, builds: list[str]) -> None:
+def test_a_second_worker_finds_every_fragment_cached_without_reading_a_tree(
+    dataset: list[str], tmp_path: Path, builds: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = LocalFragmentStore(tmp_path / "cache")
     _index(dataset, store)
     builds.clear()
-    _index(dataset, store)
-    assert builds == []
+    opened: list[str] = []
+    real_open = index_module.open_source
+
+    def counting_open(path, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(path)
+        return real_open(path, **kwargs)
+
+    monkeypatch.setattr(index_module, "open_source", counting_open)
+    index = _index(dataset, store)
+    assert builds == [] and opened == []  # the files' headers alone address their cached fragments
+    assert [f.identity for f in index.fragments] == [file_identity(path) for path in dataset]
+
+
+def test_the_address_names_the_branches_the_key_may_have(dataset: list[str], tmp_path: Path) -> None:
+    identity = file_identity(dataset[0])
+    plain = fragment_name(identity, "Friends", KEYS)
+    assert plain == fragment_name(identity, "Friends", KEYS, KeyBranches.named(KEYS))
+    alternatives = KeyBranches((("run", ("runNumber", "run")), ("luminosityBlock", ("luminosityBlock",)),
+                                ("event", ("eventNumber", "event"))))
+    address = fragment_name(identity, "Friends", KEYS, alternatives)
+    assert address != plain
+    store = LocalFragmentStore(tmp_path / "cache")
+    index = build_dataset_index("sys", dataset[:1], tree="Friends", key_columns=KEYS, store=store,
+                                key_branches=alternatives)
+    assert store.get(address) is not None and store.get(plain) is None
+    assert index.fragments[0].key_columns == tuple(KEYS)  # the branches this file has
 
 
 def test_fragments_are_stored_when_the_index_is_returned_and_a_failed_write_is_raised(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from joiner.engine import resolve_friend_indexes
 from joiner.errors import JoinError
+from joiner.index import fragment_name
 from joiner.spec import load_spec
 from transformer.commands.local_cache import LocalFragmentStore
 
@@ -29,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     except JoinError as error:
         print(f"servicex-joiner: error: {error}", file=sys.stderr)
         return 2
-    for fragment in index[args.friend].fragments:
+    built = index[args.friend]
+    for fragment in built.fragments:
+        name = fragment_name(fragment.identity, fragment.tree, spec.key_columns, built.key_branches)
         print(
             f"{fragment.identity.path}: {fragment.num_entries} entries, keys {fragment.min_key}..{fragment.max_key}"
-            f" -> {Path(args.output) / fragment.name}"
+            f" -> {Path(args.output) / name}"
         )
     return 0
