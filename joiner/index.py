@@ -469,7 +469,17 @@ class _FragmentJob:
         return cls(path, table, key_columns, file_format, storage_options, key_branches, identity, name)
 
     def cached(self, store: FragmentStore | None) -> KeyFragment | None:
-        return _cached_fragment(store, self.name, self.identity)
+        """The fragment stored under this address, if it is one of the file as it is now."""
+        if store is None:
+            return None
+        data = store.get(self.name)
+        if data is None:
+            return None
+        try:
+            fragment = KeyFragment.from_bytes(data)
+        except ValueError:
+            return None  # an older or damaged object: rebuild and overwrite
+        return fragment if fragment.identity == self.identity else None
 
     def build(self, store: FragmentStore | None, writes: _Writes | None = None) -> KeyFragment:
         try:
@@ -478,7 +488,7 @@ class _FragmentJob:
             fragment = build_fragment(source, self.key_columns)
         except BaseException:
             # others waiting on this lease build (and report) it themselves instead of waiting it out
-            _write_lease(store, self.name, failed=True)
+            self._write_lease(store, failed=True)
             raise
         if store is not None:  # serialised only for a store to keep, under the address of what was read
             name = self.name
@@ -487,74 +497,40 @@ class _FragmentJob:
             (writes or _Writes(store, threads=0)).put(name, fragment.to_bytes())
         return fragment
 
+    def _write_lease(self, store: FragmentStore | None, *, failed: bool = False, writes: _Writes | None = None) -> None:
+        lease = {"time": time.time(), "owner": _owner(), "failed": failed}
+        (writes or _Writes(store, threads=0)).put(self.name + ".lease", json.dumps(lease).encode())
+
     def take_lease(self, store: FragmentStore | None, writes: _Writes | None = None) -> bool:
-        return _take_lease(store, self.name, writes)
+        """Announce that this process builds the fragment, unless another one announced it recently.
 
-
-def _cached_fragment(store: FragmentStore | None, name: str, identity: FileIdentity) -> KeyFragment | None:
-    """The fragment stored under `name`, if it is one of the file as it is now (`identity`)."""
-    if store is None:
-        return None
-    data = store.get(name)
-    if data is None:
-        return None
-    try:
-        fragment = KeyFragment.from_bytes(data)
-    except ValueError:
-        return None  # an older or damaged object: rebuild and overwrite
-    return fragment if fragment.identity == identity else None
-
-
-def _write_lease(
-    store: FragmentStore | None, name: str, *, failed: bool = False, writes: _Writes | None = None
-) -> None:
-    lease = {"time": time.time(), "owner": _owner(), "failed": failed}
-    (writes or _Writes(store, threads=0)).put(name + ".lease", json.dumps(lease).encode())
-
-
-def _take_lease(store: FragmentStore | None, name: str, writes: _Writes | None = None) -> bool:
-    """Announce that this process builds the fragment `name`, unless another one announced it recently.
-
-    A lease is a small object beside the fragment. Two builders that race past each other's lease both
-    build (identical bytes); a builder that dies leaves a lease that goes stale after LEASE_SECONDS.
-    """
-    if store is None:
+        A lease is a small object beside the fragment. Two builders that race past each other's lease both
+        build (identical bytes); a builder that dies leaves a lease that goes stale after LEASE_SECONDS.
+        """
+        if store is None:
+            return True
+        data = store.get(self.name + ".lease")
+        if data is not None and _held_by_another(data):
+            return False
+        self._write_lease(store, writes=writes)
         return True
-    data = store.get(name + ".lease")
-    if data is not None and _held_by_another(data):
-        return False
-    _write_lease(store, name, writes=writes)
-    return True
 
+    def await_or_build(self, store: FragmentStore | None) -> KeyFragment:
+        """The fragment another process is building: wait for it, or build it once its lease is stale.
 
-@dataclass(frozen=True)
-class _Awaited:
-    """A fragment another builder holds: what waiting for it takes, without keeping its file open."""
-
-    position: int
-    name: str
-    identity: FileIdentity
-
-
-def _await_or_build(
-    awaited: _Awaited, store: FragmentStore | None, reopen: Callable[[], _FragmentJob]
-) -> KeyFragment:
-    """The fragment another process is building: wait for it, or build it once its lease is stale.
-
-    The waits grow from LEASE_POLL_SECONDS to LEASE_POLL_MAX_SECONDS: a fragment that is nearly done
-    (the common case when workers start together) is picked up within tens of milliseconds, while a
-    long build is not asked after more than once a second by each worker waiting for it. The file is
-    opened again only to build it.
-    """
-    delay = LEASE_POLL_SECONDS
-    while True:
-        fragment = _cached_fragment(store, awaited.name, awaited.identity)
-        if fragment is not None:
-            return fragment
-        if _take_lease(store, awaited.name):
-            return reopen().build(store)
-        time.sleep(delay)
-        delay = min(delay * 1.5, LEASE_POLL_MAX_SECONDS)
+        The waits grow from LEASE_POLL_SECONDS to LEASE_POLL_MAX_SECONDS: a fragment that is nearly done
+        (the common case when workers start together) is picked up within tens of milliseconds, while a
+        long build is not asked after more than once a second by each worker waiting for it.
+        """
+        delay = LEASE_POLL_SECONDS
+        while True:
+            fragment = self.cached(store)
+            if fragment is not None:
+                return fragment
+            if self.take_lease(store):
+                return self.build(store)
+            time.sleep(delay)
+            delay = min(delay * 1.5, LEASE_POLL_MAX_SECONDS)
 
 
 @contextlib.contextmanager
@@ -586,7 +562,7 @@ class _Claimed:
 
     dataset: DatasetFiles
     fragments: dict[int, KeyFragment] = field(default_factory=dict)
-    leased_elsewhere: list[_Awaited] = field(default_factory=list)  # no open files: a dataset may have many
+    leased_elsewhere: dict[int, _FragmentJob] = field(default_factory=dict)  # jobs hold no open file
 
 
 def build_dataset_index(
@@ -639,13 +615,9 @@ def build_dataset_indexes(
     indexes: dict[str, DatasetIndex] = {}
     for part in claimed:
         dataset, fragments = part.dataset, part.fragments
-        for awaited in part.leased_elsewhere:
-            def reopen(dataset: DatasetFiles = dataset, position: int = awaited.position) -> _FragmentJob:
-                return _FragmentJob.open(dataset.paths[position], dataset.tree, key_columns, dataset.file_format,
-                                         storage_options, dataset.key_branches)
-
+        for position, job in part.leased_elsewhere.items():
             with _naming_the_dataset(dataset.name):
-                fragments[awaited.position] = _await_or_build(awaited, store, reopen)
+                fragments[position] = job.await_or_build(store)
         indexes[dataset.name] = DatasetIndex(
             dataset.name, list(dataset.paths), [fragments[p] for p in range(len(dataset.paths))],
             dataset.file_format, dataset.tree, dataset.key_branches,
@@ -672,7 +644,7 @@ def _claim_and_build(
             fragment = job.cached(store)
             if fragment is None:
                 if not job.take_lease(store, writes):
-                    claimed.leased_elsewhere.append(_Awaited(position, job.name, job.identity))
+                    claimed.leased_elsewhere[position] = job
                     continue
                 fragment = job.build(store, writes)
             claimed.fragments[position] = fragment

@@ -24,7 +24,14 @@ from tests.fixtures.app_recorder import AppRecorder
 from tests.fixtures.rabbitmq import AppPublisher, delete_queue
 from tests.fixtures.seaweedfs import S3Server, free_port
 from tests.worker_support import WorkerProcess, write_friend, write_nano_like, write_spec
-from transformer.result_cache import REFERENCE_SUFFIX, RESULTS_PREFIX, ResultCache, ResultCounts, result_key
+from transformer.result_cache import (
+    REFERENCE_SUFFIX,
+    RESULTS_PREFIX,
+    CacheKey,
+    ResultCache,
+    ResultCounts,
+    result_key,
+)
 from transformer.storage.s3 import S3Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -201,12 +208,16 @@ def test_workers_racing_on_one_key_leave_one_valid_object(
     assert codes == [0, 0]
 
 
+def _parquet_key(path: str) -> CacheKey:
+    """A Parquet result's key for an input of that path (the other ingredients fixed)."""
+    return result_key(spec_canonical="{}", input_identity={"path": path, "size": 1, "uuid": "u"}, role="primary",
+                      fragments={}, models=[], output_format="parquet", parquet=True, engine_version="test")
+
+
 def test_concurrent_publishers_of_one_key_leave_a_consistent_entry(s3_server: S3Server) -> None:
     store = S3Store(s3_server.settings())
     cache = ResultCache(store, "cache-" + uuid.uuid4().hex[:12])
-    key = result_key(spec_canonical="{}", input_identity={"path": "/store/x.root", "size": 1, "uuid": "u"},
-                     role="primary", fragments={}, models=[], output_format="parquet", parquet=True,
-                     engine_version="test")
+    key = _parquet_key("/store/x.root")
     request = "req-" + uuid.uuid4().hex[:12]
     writers = 8
     for n in range(writers):  # each writer's result differs in size and counts
@@ -248,9 +259,7 @@ def test_concurrent_publishers_of_one_key_leave_a_consistent_entry(s3_server: S3
 def test_a_reference_to_a_gone_or_rewritten_object_is_a_miss(s3_server: S3Server) -> None:
     store = S3Store(s3_server.settings())
     cache = ResultCache(store, "cache-" + uuid.uuid4().hex[:12])
-    key = result_key(spec_canonical="{}", input_identity={"path": "/store/y.root", "size": 2, "uuid": "v"},
-                     role="primary", fragments={}, models=[], output_format="parquet", parquet=True,
-                     engine_version="test")
+    key = _parquet_key("/store/y.root")
     request, later = "req-" + uuid.uuid4().hex[:12], "req-" + uuid.uuid4().hex[:12]
     store.put_bytes(request, "out", b"a" * 500)
     assert cache.publish(key, request, "out", ResultCounts(5, 5))
