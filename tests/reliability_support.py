@@ -288,8 +288,8 @@ def tree_pids(pid: int) -> list[int]:
 
 
 def transform_pids(worker_pid: int) -> list[int]:
-    """The worker's transform processes: the children of its multiprocessing fork server."""
-    servers = [p for p in children(worker_pid) if "forkserver" in cmdline(p)]
+    """The worker's transform processes: the children of its zygote (or of its multiprocessing fork server)."""
+    servers = children(worker_pid)  # the zygote or the fork server (and a resource tracker, childless)
     return [child for server in servers for child in children(server)]
 
 

@@ -1,18 +1,31 @@
 """The transform-process supervisor: one long-lived child that keeps state across requests, and the
-guarantees of a process per file kept: crashes, deadlines, an idle child that died, recycling, the pump."""
+guarantees of a process per file kept: crashes, deadlines, an idle child that died, recycling, the pump.
+
+Every case runs twice: with children from multiprocessing's forkserver (in this process), and with
+children from a zygote (`transformer.zygote`), in a fresh pytest process started by
+`test_the_same_cases_hold_with_children_from_a_zygote`: a zygote may only be forked before any thread
+starts, and a test session's fixtures start threads.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from transformer.errors import FileDeadlineError, TransformCrashError
 from transformer.supervise import Supervisor
+from transformer.zygote import running_zygote, start_zygote
+
+REPO = Path(__file__).resolve().parents[1]
+_START_METHOD = os.environ.get("JOINER_TEST_START_METHOD", "forkserver")  # "zygote" in the fresh process
 
 
 class _Handler:
@@ -41,9 +54,21 @@ def _no_pump(seconds: float) -> None:
     return None
 
 
+def _supervisor(recycle_after: int | None = None) -> Supervisor[tuple[str, Any], tuple[int, int, Any]]:
+    """A supervisor whose children start as this run wants (see the module docstring)."""
+    if _START_METHOD == "zygote":
+        assert start_zygote(["tests.test_worker_supervise"]) is not None, "a thread runs: no zygote"
+        sup: Supervisor[tuple[str, Any], tuple[int, int, Any]] = Supervisor(_Handler, recycle_after=recycle_after)
+    else:
+        sup = Supervisor(_Handler, ["tests.test_worker_supervise"], start_method="forkserver",
+                         recycle_after=recycle_after)
+    assert sup.start_method == _START_METHOD
+    return sup
+
+
 @pytest.fixture
 def supervisor() -> Iterator[Supervisor[tuple[str, Any], tuple[int, int, Any]]]:
-    sup: Supervisor[tuple[str, Any], tuple[int, int, Any]] = Supervisor(_Handler, ["tests.test_worker_supervise"])
+    sup = _supervisor()
     yield sup
     sup.close()
 
@@ -93,7 +118,7 @@ def test_an_idle_child_that_died_is_replaced(supervisor: Supervisor[Any, Any]) -
 
 
 def test_recycled_after_n_requests() -> None:
-    supervisor: Supervisor[Any, Any] = Supervisor(_Handler, ["tests.test_worker_supervise"], recycle_after=2)
+    supervisor = _supervisor(recycle_after=2)
     try:
         pids = [supervisor.run(("square", n), deadline_s=30, pump=_no_pump)[0] for n in range(5)]
     finally:
@@ -102,3 +127,44 @@ def test_recycled_after_n_requests() -> None:
     assert supervisor.children_started == 3
     with pytest.raises(ValueError, match="at least 1"):
         Supervisor(_Handler, recycle_after=0)
+
+
+def test_children_of_a_zygote_die_with_it_and_the_supervisor_goes_on_from_a_forkserver() -> None:
+    if _START_METHOD != "zygote":
+        pytest.skip("runs in the zygote run (see the module docstring)")
+    supervisor = _supervisor()
+    try:
+        child = supervisor.run(("square", 1), deadline_s=30, pump=_no_pump)[0]
+        zygote = running_zygote()
+        assert zygote is not None
+        os.kill(zygote.pid, signal.SIGKILL)
+        os.waitpid(zygote.pid, 0)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:  # the kernel kills it (PR_SET_PDEATHSIG)
+            time.sleep(0.05)
+        assert not _alive(child)
+        again = supervisor.run(("square", 4), deadline_s=30, pump=_no_pump)
+        assert again[2] == 16 and again[0] != child
+        assert supervisor.start_method == "forkserver"
+    finally:
+        supervisor.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_same_cases_hold_with_children_from_a_zygote() -> None:
+    if _START_METHOD == "zygote":
+        pytest.skip("this is the zygote run")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+        cwd=REPO, env={**os.environ, "JOINER_TEST_START_METHOD": "zygote"}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "6 passed, 1 skipped" in run.stdout, run.stdout[-2000:]

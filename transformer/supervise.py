@@ -1,8 +1,9 @@
 """Runs files' transforms in a long-lived child process, supervised, so that nothing one file does can stop
 the consumer.
 
-Owns the child-process boundary: one child per worker, started from a `forkserver` (the heavy imports are
-preloaded there once), that builds its handler once (`factory()`) and then serves requests one after
+Owns the child-process boundary: one child per worker, forked from a process that has the heavy imports
+already (the worker's zygote, `transformer.zygote`, where the worker started one; else multiprocessing's
+`forkserver`, which preloads them), that builds its handler once (`factory()`) and then serves requests one after
 another over a pipe, keeping whatever the handler holds in memory (loaded key indexes, clients) between
 them. The guarantees of a process per file stay: a request past its deadline kills the child (the next
 request starts a fresh one); a crash (out-of-memory kill, segfault, `os._exit`, an exception escaping the
@@ -15,7 +16,6 @@ worker leaves no orphan writing objects. Generic: it knows nothing of queues, jo
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -25,30 +25,23 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from transformer.errors import FileDeadlineError, TransformCrashError
+from transformer.zygote import ZygoteGoneError, die_with_parent, running_zygote
 
 log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 R = TypeVar("R")
-_PR_SET_PDEATHSIG = 1
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"
 _STOP = None  # sent to the child: leave the request loop and exit
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the deadline still bounds an orphan's life
-        return
-
-
-def _child_main(factory: Callable[[], Callable[[Any], Any]], connection: Any, log_level: int) -> None:
-    _die_with_parent()
+def _child_main(factory: Callable[[], Callable[[Any], Any]], log_level: int, connection: Any) -> None:
+    die_with_parent()
     # The worker decides when a file stops: a SIGTERM/SIGINT meant for it must not cut a file short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format=_LOG_FORMAT)
+    # force: a child forked by the zygote has the worker's handler, whose lines do not name the pid
+    logging.basicConfig(level=log_level, format=_LOG_FORMAT, force=True)
     handler = factory()
     try:
         while True:
@@ -118,8 +111,8 @@ class _Child:
 def start_fork_server(preload: Sequence[str]) -> None:
     """Start the `forkserver` now, importing `preload`, so that its imports overlap this process's own.
 
-    `Supervisor(..., start_method="forkserver")` then forks its children from this server (there is one
-    per process); without this call the server starts with the first child.
+    A `Supervisor` using the `forkserver` then forks its children from this server (there is one per
+    process); without this call the server starts with the first child.
     """
     import multiprocessing.forkserver
 
@@ -133,8 +126,10 @@ class Supervisor(Generic[A, R]):
     Args:
         factory: a picklable top-level callable, run once in each new child, that returns the handler
             (`handler(argument) -> result`; it may keep state between requests and may have `close()`).
-        preload: modules the fork server imports once (so that a new child starts warm).
-        start_method: `forkserver` (default) or `spawn`.
+        preload: modules the fork server imports once (so that a new child starts warm); a zygote has
+            imported its own list already.
+        start_method: None (default): this process's zygote if it has one (`transformer.zygote`), else
+            `forkserver`; or a multiprocessing start method (`forkserver`, `spawn`).
         recycle_after: requests one child serves before it is replaced (None: never).
     """
 
@@ -143,15 +138,16 @@ class Supervisor(Generic[A, R]):
         factory: Callable[[], Callable[[A], R]],
         preload: Sequence[str] = (),
         *,
-        start_method: str = "forkserver",
+        start_method: str | None = None,
         recycle_after: int | None = None,
     ) -> None:
         if recycle_after is not None and recycle_after < 1:
             raise ValueError(f"recycle_after must be at least 1, not {recycle_after}")
         self.factory = factory
         self.recycle_after = recycle_after
-        self._context: Any = multiprocessing.get_context(start_method)
-        if start_method == "forkserver" and preload:
+        self._zygote = running_zygote() if start_method is None else None
+        self._context: Any = multiprocessing.get_context(start_method or "forkserver")
+        if (start_method or "forkserver") == "forkserver" and preload:
             self._context.set_forkserver_preload(list(preload))
         self._child: _Child | None = None
         self.children_started = 0
@@ -161,18 +157,28 @@ class Supervisor(Generic[A, R]):
         """The pid of the running child, if any (for logs and tests)."""
         return self._child.process.pid if self._child is not None else None
 
+    @property
+    def start_method(self) -> str:
+        """How children start: `zygote`, or the multiprocessing start method."""
+        return "zygote" if self._zygote is not None else str(self._context.get_start_method())
+
     def _start(self, label: str) -> _Child:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_child_main,
-            args=(self.factory, child_end, logging.getLogger().getEffectiveLevel()),
-            daemon=False,
-        )
-        process.start()
-        child_end.close()
+        level = logging.getLogger().getEffectiveLevel()
+        process: Any = None
+        if self._zygote is not None:
+            try:
+                process, parent_end = self._zygote.spawn(_child_main, (self.factory, level))
+            except ZygoteGoneError as error:
+                log.warning("%s %s; transform processes start from a forkserver from now on", label, error)
+                self._zygote = None
+        if process is None:
+            parent_end, child_end = self._context.Pipe(duplex=True)
+            process = self._context.Process(target=_child_main, args=(self.factory, level, child_end), daemon=False)
+            process.start()
+            child_end.close()
         self.children_started += 1
-        log.info("%s transform process pid %s started (serves up to %s files)", label, process.pid,
-                 self.recycle_after if self.recycle_after is not None else "any number of")
+        log.info("%s transform process pid %s started from the %s (serves up to %s files)", label, process.pid,
+                 self.start_method, self.recycle_after if self.recycle_after is not None else "any number of")
         return _Child(process, parent_end)
 
     def _ready_child(self, label: str) -> _Child:

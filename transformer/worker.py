@@ -325,7 +325,7 @@ def check_models(config: WorkerConfig, settings: Settings) -> str | None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry of the `worker` subcommand, once `transformer.worker_start` has applied the facility settings
-    shipped in the generated code and started the fork server."""
+    shipped in the generated code and started the zygote (or the fork server)."""
     settings = get_settings()
     level: Any = logging.getLevelName(settings.log_level.upper())
     # LOG_LEVEL applies unless --log-level was given explicitly.
