@@ -1,16 +1,17 @@
 """Runs files' transforms in a long-lived child process, supervised, so that nothing one file does can stop
 the consumer.
 
-Owns the child-process boundary: one child per worker, forked from a process that has the heavy imports
-already (the worker's zygote, `transformer.zygote`, where the worker started one; else multiprocessing's
-`forkserver`, which preloads them), that builds its handler once (`factory()`) and then serves requests one after
-another over a pipe, keeping whatever the handler holds in memory (loaded key indexes, clients) between
-them. The guarantees of a process per file stay: a request past its deadline kills the child (the next
-request starts a fresh one); a crash (out-of-memory kill, segfault, `os._exit`, an exception escaping the
-handler) becomes `TransformCrashError` and the next request starts a fresh child; the child is recycled
-(asked to exit, then replaced) after `recycle_after` requests. The parent keeps serving its broker
-connection through `pump` while it waits. A child dies with its parent (`PR_SET_PDEATHSIG`), so a killed
-worker leaves no orphan writing objects. Generic: it knows nothing of queues, joins or storage.
+Owns the child-process boundary: one child per worker, forked from a process that has made the heavy
+imports already (the worker's zygote, `transformer.zygote`, where the worker started one; else
+multiprocessing's `forkserver`, which preloads them). The child builds its handler once (`factory()`) and
+then serves requests one after another over a pipe, keeping whatever the handler holds in memory (loaded
+key indexes, clients) between them. The guarantees of a process per file stay: a request past its
+deadline kills the child (the next request starts a fresh one); a crash (out-of-memory kill, segfault,
+`os._exit`, an exception escaping the handler) becomes `TransformCrashError` and the next request starts
+a fresh child; the child is recycled (asked to exit, then replaced) after `recycle_after` requests. The
+parent keeps serving its broker connection through `pump` while it waits. A child dies with its parent
+(`PR_SET_PDEATHSIG`), so a killed worker leaves no orphan writing objects. Generic: it knows nothing of
+queues, joins or storage.
 """
 
 from __future__ import annotations
