@@ -109,9 +109,11 @@ def test_worker_end_to_end(
         assert "unsupported result_format 'root-rntuple'" in log
         assert "delivery_tag=" in log and "rejected without requeue: invalid task message" in log
 
-        # one transform process served every file and loaded the friend's key index once
+        # one transform process, forked from the worker's zygote, served every file and loaded the friend's
+        # key index once
         assert log.count("key index of 'sys' loaded") == 1
         assert log.count("transform process pid") == 1
+        assert log.count("started from the zygote") == 1
         metrics = worker.probe("/metrics").text
         assert "servicex_joiner_transform_processes_started_total 1.0" in metrics
         assert "servicex_joiner_files_done_total 2.0" in metrics
@@ -180,8 +182,9 @@ def test_root_file_output(
         app_publisher.send_file(request_id, 1, [str(path)], endpoint, result_format="root-file")
         app_publisher.send_file(request_id, 2, [str(path)], endpoint)  # the same file as Parquet: another object
         reports = {r["file-id"]: r for r in app_recorder.wait_for(request_id, 2, timeout_s=120)}
-        # JOINER_CHILD_MAX_FILES=1: each file had a transform process of its own
+        # JOINER_CHILD_MAX_FILES=1: each file had a transform process of its own, each forked by the zygote
         assert worker.log().count("recycled after 1 files") == 2
+        assert worker.log().count("started from the zygote") == 2
         assert "servicex_joiner_transform_processes_started_total 2.0" in worker.probe("/metrics").text
     finally:
         assert worker.terminate() == 0

@@ -6,9 +6,9 @@ has already imported (pydantic and the spec and settings models, urllib3, yaml: 
 own imports), and it brings a resource tracker process along. Forked from the worker once those are
 imported, the zygote has them already; only the engine's own imports (numpy, pyarrow, awkward, uproot,
 minio) are left to it, and they run while the worker connects to the broker. A worker's start-up (all its
-processes, up to the transform process waiting for its first file) went from 1.55 to 1.2 CPU-s. On a
-one-CPU pod the first file starts that much sooner; workers that share a node's cores leave the
-difference to the files.
+processes, up to the transform process waiting for its first file) went from 1.91 to 1.47 CPU-s
+(`benchmarks/bench_worker_start.py`). On a one-CPU pod the first file starts that much sooner; workers
+that share a node's cores leave the difference to the files.
 
 The fork is safe only while the worker has a single thread (a lock held by another thread at that moment
 would stay locked in the copy): `start_zygote` refuses otherwise, and the supervisor then uses
@@ -39,7 +39,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,6 @@ class Zygote:
         connection_fd, status_fd = fds
         return ZygoteProcess(_PID.unpack(message)[0], status_fd), Connection(connection_fd)
 
-    def close(self) -> None:
-        """Let the zygote exit (it sees the end of its control socket)."""
-        self._control.close()
-
 
 def start_zygote(preload: Sequence[str]) -> Zygote | None:
     """Fork this process's zygote, which imports `preload` and then serves `spawn` requests.
@@ -155,17 +151,8 @@ def start_zygote(preload: Sequence[str]) -> Zygote | None:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the zygote
-        code = 0
-        try:
-            worker_end.close()
-            _serve(zygote_end, preload)
-        except BaseException:  # noqa: BLE001 - whatever ends it, the zygote leaves through os._exit
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        worker_end.close()
+        _run_then_exit(lambda: _serve(zygote_end, preload))
     zygote_end.close()
     _running.append(Zygote(pid, worker_end))
     return _running[0]
@@ -255,7 +242,9 @@ def _fork_one(
             os.close(fd)
         control.close()
         worker_end.close()
-        _run_child(*request, Connection(child_end.detach()))
+        target, args = request
+        connection = Connection(child_end.detach())
+        _run_then_exit(lambda: target(*args, connection))
     child_end.close()
     status_pipes[pid] = status_write
     try:
@@ -265,10 +254,13 @@ def _fork_one(
         os.close(status_read)
 
 
-def _run_child(target: Callable[..., Any], args: tuple[Any, ...], connection: Connection) -> None:
+def _run_then_exit(run: Callable[[], object]) -> NoReturn:
+    """Run a forked process's work, then leave through `os._exit`: nothing inherited from the parent (its
+    atexit handlers, a test session's finalizers) runs a second time. An exception is printed on stderr
+    and the exit code says so."""
     code = 0
     try:
-        target(*args, connection)
+        run()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     except BaseException:  # noqa: BLE001 - reported on stderr, then the exit code says it failed
