@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.reliability_support import wait_for
 from transformer.errors import FileDeadlineError, TransformCrashError
 from transformer.supervise import Supervisor
 from transformer.zygote import running_zygote, start_zygote
@@ -139,10 +140,7 @@ def test_children_of_a_zygote_die_with_it_and_the_supervisor_goes_on_from_a_fork
         assert zygote is not None
         os.kill(zygote.pid, signal.SIGKILL)
         os.waitpid(zygote.pid, 0)
-        deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:  # the kernel kills it (PR_SET_PDEATHSIG)
-            time.sleep(0.05)
-        assert not _alive(child)
+        wait_for(lambda: not _alive(child), 10, "the zygote's child killed with it (PR_SET_PDEATHSIG)")
         again = supervisor.run(("square", 4), deadline_s=30, pump=_no_pump)
         assert again[2] == 16 and again[0] != child
         assert supervisor.start_method == "forkserver"
