@@ -491,7 +491,7 @@ class _FragmentJob:
             fragment = build_fragment(source, self.key_columns)
         except BaseException:
             # others waiting on this lease build (and report) it themselves instead of waiting it out
-            self._write_lease(store, failed=True)
+            self.write_lease(store, failed=True)
             raise
         if store is not None:  # serialised only for a store to keep, under the address of what was read
             name = self.name
@@ -500,7 +500,8 @@ class _FragmentJob:
             (writes or _Writes(store, threads=0)).put(name, fragment.to_bytes())
         return fragment
 
-    def _write_lease(self, store: FragmentStore | None, *, failed: bool = False, writes: _Writes | None = None) -> None:
+    def write_lease(self, store: FragmentStore | None, writes: _Writes | None = None, *, failed: bool = False) -> None:
+        """Announce (or, `failed`, withdraw) this process's build of the fragment: a small object beside it."""
         lease = {"time": time.time(), "owner": _owner(), "failed": failed}
         (writes or _Writes(store, threads=0)).put(self.name + ".lease", json.dumps(lease).encode())
 
@@ -512,11 +513,15 @@ class _FragmentJob:
         """
         if store is None:
             return True
-        data = store.get(self.name + ".lease")
-        if data is not None and _held_by_another(data):
+        lease = self.lease(store)
+        if lease is not None and _held_by_another(lease):
             return False
-        self._write_lease(store, writes=writes)
+        self.write_lease(store, writes=writes)
         return True
+
+    def lease(self, store: FragmentStore | None) -> bytes | None:
+        """The lease object beside the fragment, as stored now (None: nobody announced a build)."""
+        return None if store is None else store.get(self.name + ".lease")
 
     def await_or_build(self, store: FragmentStore | None) -> KeyFragment:
         """The fragment another process is building: wait for it, or build it once its lease is stale.
@@ -628,6 +633,21 @@ def build_dataset_indexes(
     return indexes
 
 
+LOOKUP_THREADS = 8  # files whose header and cached fragment are fetched at once (round trips, not CPU)
+
+
+def _look_up(
+    dataset: DatasetFiles,
+    position: int,
+    key_columns: Sequence[str],
+    store: FragmentStore | None,
+    storage_options: StorageOptions | None,
+) -> tuple[_FragmentJob, KeyFragment | None]:
+    job = _FragmentJob.open(dataset.paths[position], dataset.tree, key_columns, dataset.file_format,
+                            storage_options, dataset.key_branches)
+    return job, job.cached(store)
+
+
 def _claim_and_build(
     dataset: DatasetFiles,
     key_columns: Sequence[str],
@@ -636,19 +656,32 @@ def _claim_and_build(
     shuffle_seed: int | None,
     writes: _Writes,
 ) -> _Claimed:
-    """The first pass over one dataset: load what is cached, build what nobody holds, note the rest."""
+    """The first pass over one dataset: load what is cached, build what nobody holds, note the rest.
+
+    Each file's header (for its fragment's address) and cached fragment are fetched on LOOKUP_THREADS
+    threads, ahead of the builds: they are round trips (a remote friend's header, an object-store GET),
+    which in series would make a warm index of a thousand files cost a thousand of each. The builds and
+    their leases go in the shuffled order, one at a time, each after a fresh look at its lease: a lease
+    another builder holds is awaited at the end; one no longer held (its build ended or failed, perhaps
+    after this file's lookup) sends this builder to the cache again before it builds.
+    """
     claimed = _Claimed(dataset)
     order = list(range(len(dataset.paths)))
     random.Random(shuffle_seed).shuffle(order)
-    for position in order:
-        with _naming_the_dataset(dataset.name):
-            job = _FragmentJob.open(dataset.paths[position], dataset.tree, key_columns, dataset.file_format,
-                                    storage_options, dataset.key_branches)
-            fragment = job.cached(store)
-            if fragment is None:
-                if not job.take_lease(store, writes):
-                    claimed.leased_elsewhere[position] = job
-                    continue
-                fragment = job.build(store, writes)
-            claimed.fragments[position] = fragment
+    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="index-lookups") as pool:
+        lookups = pool.map(lambda p: _look_up(dataset, p, key_columns, store, storage_options), order)
+        for position in order:
+            with _naming_the_dataset(dataset.name):
+                job, fragment = next(lookups)
+                if fragment is None:
+                    lease = job.lease(store)
+                    if lease is not None and _held_by_another(lease):
+                        claimed.leased_elsewhere[position] = job
+                        continue
+                    if lease is not None:
+                        fragment = job.cached(store)
+                if fragment is None:
+                    job.write_lease(store, writes)
+                    fragment = job.build(store, writes)
+                claimed.fragments[position] = fragment
     return claimed

@@ -211,3 +211,54 @@ def test_a_fragment_whose_builder_fails_while_awaited_is_built_here(
     assert sorted(builds) == sorted(dataset)
     assert index.fragments[2].num_entries == build_fragment(open_source(busy, tree="Friends"), KEYS).num_entries
     assert store.get(_name(busy)) is not None
+
+
+def test_cached_fragments_are_fetched_at_once_not_one_round_trip_after_another(
+    nano_dy: Path, tmp_path: Path, builds: list[str]
+) -> None:
+    # A warm index of many files is one header read and one GET per file: round trips to a remote server
+    # and the object store. Every GET here waits until all of them are in flight at once; fetched one
+    # after another, the first would wait alone until the barrier gave up.
+    paths = [str(p) for p in friends.regrouped([nano_dy], tmp_path / "friends", n_files=index_module.LOOKUP_THREADS)]
+    store = LocalFragmentStore(tmp_path / "cache")
+    _index(paths, store)
+    builds.clear()
+    together = threading.Barrier(len(paths), timeout=10)
+
+    class RoundTripStore(LocalFragmentStore):
+        def get(self, name: str) -> bytes | None:
+            together.wait()
+            return super().get(name)
+
+    index = _index(paths, RoundTripStore(tmp_path / "cache"))
+    assert builds == []
+    assert [f.identity for f in index.fragments] == [file_identity(path) for path in paths]
+
+
+@pytest.mark.parametrize("lease_age", [0.0, LEASE_SECONDS + 10], ids=["lease held", "lease aged out"])
+def test_a_miss_fetched_before_another_worker_stored_the_fragment_is_not_built_again(
+    nano_dy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lease_age: float
+) -> None:
+    # The cache is asked for every file first. While this worker builds its first fragment, another one
+    # stores the others with their leases (as a worker that started earlier would). Those misses are no
+    # longer true: a lease still held is awaited, and one aged out (a build that ended long ago) sends this
+    # worker to the cache again. Either way the fragments come from the cache, not from a second build.
+    paths = [str(p) for p in friends.regrouped([nano_dy], tmp_path / "friends", n_files=4)]
+    store = LocalFragmentStore(tmp_path / "cache")
+    stored_by_the_other = {path: build_fragment(open_source(path, tree="Friends"), KEYS) for path in paths}
+    real_build = index_module.build_fragment
+    built_here: list[str] = []
+
+    def build_while_the_other_worker_finishes(source, key_columns, **kwargs):  # type: ignore[no-untyped-def]
+        if not built_here:
+            for path, fragment in stored_by_the_other.items():
+                if path != source.path:
+                    _lease(store, path, age=lease_age)
+                    store.put(_name(path), fragment.to_bytes())
+        built_here.append(source.path)
+        return real_build(source, key_columns, **kwargs)
+
+    monkeypatch.setattr(index_module, "build_fragment", build_while_the_other_worker_finishes)
+    index = _index(paths, store)
+    assert len(built_here) == 1
+    assert [f.num_entries for f in index.fragments] == [f.num_entries for f in stored_by_the_other.values()]

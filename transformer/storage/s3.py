@@ -77,7 +77,7 @@ def _user_metadata(headers: Mapping[str, Any] | None) -> dict[str, str]:
 def _http_client(connect_timeout: float, read_timeout: float) -> urllib3.PoolManager:
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        maxsize=4,
+        maxsize=16,  # the key index's lookups (8 threads) and writes, the upload and the result cache at once
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
 
