@@ -12,8 +12,8 @@ Measured: throughput (events/s, files/s), request latency p50/p95/p99 (submit â†
 for a worker slot, queue depth over time (passive declares of every request's queue), worker RSS (each
 worker process with its transform process), result-cache hits (from the workers' logs), key-index loads and
 fragments, and lost or duplicated outputs (every file must have exactly one success report and one object;
-the bucket nothing else). Bounded by `--timeout`. Figures go to `.cache/reliability/load.json`, and
-RELIABILITY.md is rendered again (`benchmarks/reliability_report.py`).
+the bucket nothing else). Bounded by `--timeout`. Figures go to `benchmarks/results/load.json`, committed
+with the code they measure, and RELIABILITY.md is rendered again (`benchmarks/reliability_report.py`).
 
     python benchmarks/bench_load.py                   # 20 users, 100 requests, 2 workers
     python benchmarks/bench_load.py --requests 20 --users 5 --pool-files 12   # a quick look
@@ -55,7 +55,7 @@ from transformer.naming import object_name  # noqa: E402
 from transformer.storage.s3 import S3Store  # noqa: E402
 
 RABBIT_URL = os.environ.get("JOINER_TEST_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-OUTPUT = REPO / ".cache" / "reliability" / "load.json"
+OUTPUT = REPO / "benchmarks" / "results" / "load.json"
 
 
 @dataclass
@@ -362,13 +362,19 @@ def collect(args: argparse.Namespace, stack: Any, s3: Any, records: list[Request
         if at is not None and timing.get("transformer_started"):
             starts.append(at - timing["transformer_started"])
     per_kind = {"hit": [0, 0.0], "miss": [0, 0.0]}  # events and transform seconds, by result-cache outcome
+    done_lines = 0
     for body in text:
-        for match in re.finditer(r"done: (\d+) events, .* in ([0-9.]+) s \(result cache: (\w+)\)", body):
+        # "done: N events, object NAME (B bytes) in S s (read 0.61, ...; result cache: miss)"
+        for match in re.finditer(r"done: (\d+) events, .* in ([0-9.]+) s \([^)]*result cache: (\w+)\)", body):
             kind = per_kind.setdefault(match[3], [0, 0.0])
             kind[0] += int(match[1])
             kind[1] += float(match[2])
+            done_lines += 1
+    if done_lines < done:
+        raise RuntimeError(f"{done_lines} 'done:' lines parsed in the worker logs for fewer files than succeeded: "
+                           "the log line's format changed; update the pattern in collect()")
     busy = sum(seconds for _, seconds in per_kind.values())
-    fragments = len(store.list_names("sxj-load-cache", prefix="index/"))
+    fragments = sum(not name.endswith(".lease") for name in store.list_names("sxj-load-cache", prefix="index/"))
     friend_files = len({f for r in records for f in _friends_of(r)})
     series = queue_watch.samples
     step = max(1, len(series) // 10)

@@ -2,8 +2,9 @@
 
 Inputs: the fault cases that `tests/test_reliability.py` records (`$RELIABILITY_REPORT`, default
 `.cache/reliability/faults.json`, written at the end of every test run that ran them) and the figures of
-`benchmarks/bench_load.py` (`.cache/reliability/load.json`). Either may be missing: its section then says
-how to produce it. The 300-user sizing is computed here from the load test's per-worker figures, with its
+`benchmarks/bench_load.py` (`benchmarks/results/load.json`, kept in the repository: a load run takes minutes
+and a test run that renders this file again must not drop its figures). Either may be missing: its section
+then says how to produce it. The 300-user sizing is computed here from the load test's per-worker figures, with its
 assumptions written next to the numbers. Run: `python benchmarks/reliability_report.py [--output PATH]`.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "RELIABILITY.md"
 DEFAULT_FAULTS = REPO / ".cache" / "reliability" / "faults.json"
-DEFAULT_LOAD = REPO / ".cache" / "reliability" / "load.json"
+DEFAULT_LOAD = REPO / "benchmarks" / "results" / "load.json"
 BULLETS = (
     "worker or transform killed", "RabbitMQ restarted", "S3 stopped 20 s", "App returns 500", "Triton stopped",
     "bad input files", "bad messages and specs",
