@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from joiner import index as index_module
+from joiner.errors import InputFileError
 from joiner.index import (
     LEASE_SECONDS,
     DatasetFiles,
@@ -262,3 +263,16 @@ def test_a_miss_fetched_before_another_worker_stored_the_fragment_is_not_built_a
     index = _index(paths, store)
     assert len(built_here) == 1
     assert [f.num_entries for f in index.fragments] == [f.num_entries for f in stored_by_the_other.values()]
+
+
+def test_an_unreadable_friend_file_is_named_with_its_dataset(
+    dataset: list[str], tmp_path: Path, builds: list[str]
+) -> None:
+    # the lookups run on threads; the error of the file that cannot be read still reaches the caller, with
+    # the friend dataset's name and the file's path
+    broken = tmp_path / "not_root.root"
+    broken.write_bytes(b"this is not a ROOT file" * 100)
+    paths = [*dataset, str(broken)]
+    with pytest.raises(InputFileError, match=r"friend dataset 'sys': cannot open as a ROOT file") as caught:
+        _index(paths, LocalFragmentStore(tmp_path / "cache"))
+    assert caught.value.path == str(broken)
