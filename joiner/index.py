@@ -670,18 +670,22 @@ def _claim_and_build(
     random.Random(shuffle_seed).shuffle(order)
     with ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="index-lookups") as pool:
         lookups = pool.map(lambda p: _look_up(dataset, p, key_columns, store, storage_options), order)
-        for position in order:
-            with _naming_the_dataset(dataset.name):
-                job, fragment = next(lookups)
-                if fragment is None:
-                    lease = job.lease(store)
-                    if lease is not None and _held_by_another(lease):
-                        claimed.leased_elsewhere[position] = job
-                        continue
-                    if lease is not None:
-                        fragment = job.cached(store)
-                if fragment is None:
-                    job.write_lease(store, writes)
-                    fragment = job.build(store, writes)
-                claimed.fragments[position] = fragment
+        try:
+            for position in order:
+                with _naming_the_dataset(dataset.name):
+                    job, fragment = next(lookups)
+                    if fragment is None:
+                        lease = job.lease(store)
+                        if lease is not None and _held_by_another(lease):
+                            claimed.leased_elsewhere[position] = job
+                            continue
+                        if lease is not None:
+                            fragment = job.cached(store)
+                    if fragment is None:
+                        job.write_lease(store, writes)
+                        fragment = job.build(store, writes)
+                    claimed.fragments[position] = fragment
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the error is reported now, not after every lookup
+            raise
     return claimed

@@ -276,3 +276,22 @@ def test_an_unreadable_friend_file_is_named_with_its_dataset(
     with pytest.raises(InputFileError, match=r"friend dataset 'sys': cannot open as a ROOT file") as caught:
         _index(paths, LocalFragmentStore(tmp_path / "cache"))
     assert caught.value.path == str(broken)
+
+
+def test_a_failed_build_stops_the_lookups_still_queued(nano_dy: Path, tmp_path: Path) -> None:
+    # The files' headers are readable but none holds the tree asked for: the first build fails. Its error
+    # is raised then, and the lookups of the dataset's other files that have not started are dropped
+    # instead of being made (each a round trip) before the error reaches the caller.
+    paths = [str(p) for p in friends.regrouped([nano_dy], tmp_path / "friends", n_files=40)]
+    asked: list[str] = []
+
+    class RoundTripStore(LocalFragmentStore):
+        def get(self, name: str) -> bytes | None:
+            if not name.endswith(".lease"):
+                time.sleep(0.2)  # a fragment's round trip; the first build fails within the next one
+                asked.append(name)
+            return super().get(name)
+
+    with pytest.raises(InputFileError, match="no tree 'Missing'"):
+        build_dataset_index("sys", paths, tree="Missing", key_columns=KEYS, store=RoundTripStore(tmp_path / "c"))
+    assert len(asked) <= 2 * index_module.LOOKUP_THREADS < len(paths)  # those started before the error, no more
