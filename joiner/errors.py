@@ -59,7 +59,7 @@ class MissingColumnError(InputFileError, KeyError):
 
 
 class KeyTypeError(JoinError, TypeError):
-    """A key column is not of an integer type (or holds missing values)."""
+    """A key column is not of an integer type, or holds missing or negative values."""
 
 
 class DuplicateKeyError(JoinError, ValueError):

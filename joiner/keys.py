@@ -17,21 +17,40 @@ import numpy as np
 import numpy.typing as npt
 
 from joiner.errors import KeyTypeError
+from joiner.spec import PRESET_KEYS
+
+# The experiments' event counters, the columns of the key presets: never negative. Other key columns (a
+# key named in the spec) may hold any integers.
+COUNTER_COLUMNS = frozenset(name for names in PRESET_KEYS.values() for name in names)
 
 UInt64Array = npt.NDArray[np.uint64]
 MAX_BITS = 64
 
 
-def validate_key_array(name: str, values: object, *, where: str) -> npt.NDArray[np.integer]:
+def validate_key_array(
+    name: str, values: object, *, where: str, first_row: int = 0, counter: bool | None = None
+) -> npt.NDArray[np.integer]:
     """Return `values` as a 1-d integer numpy array, or raise KeyTypeError naming the column and file.
 
     Floating point, boolean, jagged or nullable columns are refused: a key must identify an event exactly.
+    So are negative values of a `counter` (default: a column of a key preset, `COUNTER_COLUMNS`): run,
+    luminosity block and event numbers never are, and a negative one is most often an unsigned 64-bit
+    event number written as a signed integer (a friend tree made from a DataFrame), which would silently
+    match nothing. `first_row` is the entry of `values[0]` in its file, for the message.
     """
     array = np.asarray(values)
     if array.dtype == object or array.ndim != 1:
         raise KeyTypeError(f"key column {name!r} in {where} is not a flat column of integers (dtype {array.dtype})")
     if array.dtype.kind not in "iu":
         raise KeyTypeError(f"key column {name!r} in {where} has type {array.dtype}; event keys must be integers")
+    if counter is None:
+        counter = name in COUNTER_COLUMNS
+    if counter and array.dtype.kind == "i" and array.size and int(array.min()) < 0:
+        row = int(np.argmax(array < 0))
+        raise KeyTypeError(
+            f"key column {name!r} in {where} holds a negative value ({int(array[row])} at entry {first_row + row}); "
+            "event keys are non-negative (an unsigned event number written as a signed integer wraps to negative)"
+        )
     return array
 
 

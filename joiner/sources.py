@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from joiner.arrow_arrays import arrow_to_numpy
 from joiner.errors import InputFileError, MissingColumnError, SourceUnavailableError, SpecError
-from joiner.keys import validate_key_array
+from joiner.keys import COUNTER_COLUMNS, validate_key_array
 from joiner.spec import FileFormat, KeyBranches
 from joiner.threads import thread_pool
 
@@ -297,7 +297,10 @@ class RootSource:
         except Exception as error:  # noqa: BLE001 - decompression/basket errors of a damaged file
             raise _read_error("cannot read key branches", error, self.path, self.tree) from None
         where = f"{self.path} [{self.tree}]"
-        return [validate_key_array(branch, arrays[branch], where=where) for branch in branches]
+        return [
+            validate_key_array(branch, arrays[branch], where=where, first_row=start, counter=name in COUNTER_COLUMNS)
+            for name, branch in zip(names, branches, strict=True)
+        ]
 
     def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:
         self._check(names)
@@ -453,11 +456,12 @@ class ParquetSource:
         columns = self.key_branch_names(names)
         table = self._read(columns, start, stop)
         result = []
-        for name in columns:
+        for logical, name in zip(names, columns, strict=True):
             column = table.column(name)
             if column.null_count:
                 raise InputFileError(f"key column {name!r} holds nulls", path=self.path)
-            result.append(validate_key_array(name, arrow_to_numpy(column), where=self.path))
+            result.append(validate_key_array(name, arrow_to_numpy(column), where=self.path, first_row=start,
+                                             counter=logical in COUNTER_COLUMNS))
         return result
 
     def read_table(self, names: Sequence[str], start: int, stop: int) -> pa.Table:

@@ -21,6 +21,7 @@ from joiner.errors import (
     DuplicateKeyError,
     InputFileError,
     KeyMismatchError,
+    KeyTypeError,
     MissingColumnError,
     SchemaError,
 )
@@ -252,6 +253,23 @@ def test_duplicate_friend_keys_are_refused_or_first_kept(nano_dy: Path, tmp_path
     spec_first = _spec(nano_dy, [_friend("d", [duplicate])], duplicates="first")
     join_file(spec_first, str(nano_dy), tmp_path / "out.parquet")
     _check_values(ak.from_parquet(tmp_path / "out.parquet"), "d")
+
+
+def test_a_friend_whose_event_numbers_wrapped_negative_is_refused(nano_dy: Path, tmp_path: Path) -> None:
+    # A friend made from a DataFrame keeps the keys as int64; an event number of 2**63 or more comes back
+    # negative and would match no primary row. The join is refused, naming the file, the value and its entry.
+    keys = uproot.open(nano_dy)["Events"].arrays(KEY, library="np")
+    event = keys["event"].astype(np.int64)
+    event[7] = -(2**63) + 7
+    path = tmp_path / "signed_friend.root"
+    write_tree(path, "Friends", {"run": keys["run"].astype(np.int64),
+                                 "luminosityBlock": keys["luminosityBlock"].astype(np.int64), "event": event,
+                                 "sf": np.ones(len(event), np.float32)})
+    spec = parse_spec({"primary": {"files": [str(nano_dy)], "columns": ["MET_pt"]},
+                       "friends": [{"name": "s", "files": [str(path)], "tree": "Friends", "columns": ["sf"]}]})
+    with pytest.raises(KeyTypeError, match=r"signed_friend.root \[Friends\] holds a negative value .* at entry 7\)"):
+        join_file(spec, str(nano_dy), tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_tampered_friend_is_caught_by_the_integrity_check(nano_dy: Path, tmp_path: Path) -> None:

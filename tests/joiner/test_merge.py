@@ -136,6 +136,16 @@ def test_non_integer_keys_are_refused(values) -> None:
         validate_key_array("event", values, where="x.root")
 
 
+def test_negative_keys_are_refused_naming_the_entry() -> None:
+    # an unsigned event number that went through a signed column (a DataFrame) comes back negative; as a key
+    # it would match nothing, silently: it is refused, with the value and its entry in the file
+    with pytest.raises(KeyTypeError, match=r"'event' in x.root holds a negative value \(-5 at entry 12\)"):
+        validate_key_array("event", np.array([3, 4, -5, 6], np.int64), where="x.root", first_row=10)
+    assert validate_key_array("event", np.array([0, 2**62], np.int64), where="x.root").tolist() == [0, 2**62]
+    # a key column the spec names itself (not an experiment's counter) may hold any integers
+    assert validate_key_array("cell", np.array([-3, 4], np.int64), where="x.root").tolist() == [-3, 4]
+
+
 def test_large_random_join_matches_searchsorted() -> None:
     rng = np.random.default_rng(5)
     n = 200_000
