@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joiner.arrow_arrays import arrow_to_numpy
+from joiner.cuts import evaluate_on_fields
 from joiner.errors import InputFileError, MissingColumnError, SourceUnavailableError, SpecError
 from joiner.keys import COUNTER_COLUMNS, validate_key_array
 from joiner.spec import FileFormat, KeyBranches
@@ -346,17 +347,19 @@ class RootSource:
 
     def cut_mask(self, cut: str, start: int, stop: int) -> npt.NDArray[np.bool_]:
         try:
-            arrays = self._tree.arrays(
-                decompression_executor=thread_pool(),
-                expressions=[_CUT_ALIAS],
-                aliases={_CUT_ALIAS: cut},
-                library="ak",
-                entry_start=start,
-                entry_stop=stop,
-            )
+            if self._is_ttree:
+                mask = self._tree.arrays(
+                    decompression_executor=thread_pool(),
+                    expressions=[_CUT_ALIAS],
+                    aliases={_CUT_ALIAS: cut},
+                    library="ak",
+                    entry_start=start,
+                    entry_stop=stop,
+                )[_CUT_ALIAS]
+            else:  # uproot's RNTuple reader takes no expressions
+                mask = evaluate_on_fields(self._tree, cut, start=start, stop=stop, path=self.path, tree=self.tree)
         except Exception as error:  # noqa: BLE001 - uproot raises KeyInFileError/SyntaxError/NameError
             raise SpecError(f"primary.cut {cut!r} cannot be evaluated on {self.path}: {error}") from None
-        mask = arrays[_CUT_ALIAS]
         if mask.ndim != 1:
             raise SpecError(f"primary.cut {cut!r} must give one boolean per event, not one per object")
         return np.asarray(ak.to_numpy(mask)).astype(bool)
