@@ -11,6 +11,7 @@ race produce identical bytes. The format carries a version: a new version never 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
@@ -114,22 +115,21 @@ class KeyFragment:
         return not (self.max_key < low or self.min_key > high)
 
     def rows_between(self, low: KeyTuple, high: KeyTuple) -> tuple[int, int]:
-        """The sorted-row slice whose keys lie in [low, high] (the whole fragment if ranges are too wide)."""
+        """The sorted-row slice whose keys lie in [low, high].
+
+        A binary search over the sorted columns, comparing key tuples as Python integers (the order the
+        fragment is sorted in, for any mix of widths and signs): a few dozen element reads, where packing
+        the fragment's keys to search them cost a pass over all of them for every chunk of a primary file
+        and every fragment its keys overlap (a regrouped friend's every file).
+        """
         if not self.overlaps(low, high):
             return 0, 0
-        ranges = union_ranges(
-            list(self.ranges) if self.ranges else column_ranges(self.keys),
-            [ColumnRange(a, a) for a in low],
-            [ColumnRange(b, b) for b in high],
-        )
-        assert ranges is not None
-        packer = KeyPacker(tuple(ranges))
-        if not packer.fits:
-            return 0, self.num_entries
-        packed = packer.pack(self.keys)
-        start = int(np.searchsorted(packed, np.uint64(packer.pack_tuple(low)), side="left"))
-        stop = int(np.searchsorted(packed, np.uint64(packer.pack_tuple(high)), side="right"))
-        return start, stop
+
+        def key_at(row: int) -> KeyTuple:
+            return tuple(int(column[row]) for column in self.keys)
+
+        rows = range(self.num_entries)
+        return bisect.bisect_left(rows, low, key=key_at), bisect.bisect_right(rows, high, key=key_at)
 
     def to_bytes(self) -> bytes:
         """Serialise as Parquet with the fragment's facts in the schema metadata."""

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import uproot
 
 from joiner.datagen import generate_dataset, generate_friends
 from joiner.index import KeyFragment, build_fragment
-from joiner.sources import open_source
+from joiner.sources import FileIdentity, open_source
 
 KEYS = ["run", "luminosityBlock", "event"]
 
@@ -37,3 +38,32 @@ def test_fragments_read_back_as_built_and_one_in_file_order_is_small(tmp_path: P
     assert not np.array_equal(shuffled.entries, np.sort(shuffled.entries))
     # shuffled entry numbers cost about their width in bits; in (nearly) file order they compress away
     assert stored["in order"] < stored["shuffled"] / 4, stored
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["packable", "signed, wider than 64 bits together"])
+def test_rows_between_is_the_slice_of_keys_within_the_bounds(wide: bool) -> None:
+    # what a chunk of a primary file takes from each fragment its keys overlap: every row with
+    # low <= key <= high (lexicographically), and no other, for bounds inside, around and between keys
+    rng = np.random.default_rng(11)
+    n = 5_000
+    if wide:
+        columns = [rng.integers(-(2**62), 2**62, n, dtype=np.int64), rng.integers(0, 2**63, n, dtype=np.uint64)]
+    else:
+        columns = [np.ones(n, np.uint32), rng.integers(1, 50, n).astype(np.uint32),
+                   rng.choice(10**9, n, replace=False).astype(np.uint64)]
+    order = np.lexsort(columns[::-1])
+    keys = [c[order] for c in columns]
+    fragment = KeyFragment(
+        identity=FileIdentity("f.root", 1, "uuid"), tree="Friends",
+        key_columns=tuple(f"k{i}" for i in range(len(keys))), num_entries=n, keys=keys,
+        entries=order.astype(np.int64), first_key=None, last_key=None,
+    )
+    as_tuples = [tuple(int(c[i]) for c in keys) for i in range(n)]
+    probes = [as_tuples[i] for i in rng.integers(0, n, 40)] + [tuple(v + 1 for v in t) for t in as_tuples[:5]]
+    probes += [tuple(int(c.min()) - 1 if c.dtype.kind == "i" else 0 for c in keys), as_tuples[-1]]
+    for _ in range(60):
+        low, high = sorted(probes[i] for i in rng.integers(0, len(probes), 2))
+        start, stop = fragment.rows_between(low, high)
+        inside = [i for i, key in enumerate(as_tuples) if low <= key <= high]
+        assert (start, stop) == ((inside[0], inside[-1] + 1) if inside else (start, start))
+    assert fragment.rows_between(as_tuples[-1], as_tuples[-1]) == (n - 1, n)
