@@ -1,10 +1,13 @@
-"""The friend rows a primary chunk may match (`DatasetIndex.candidates`), for a regrouped friend.
+"""The friend rows a primary chunk may match (`DatasetIndex.candidates`), and the friend's duplicate check.
 
 A regrouped friend spreads every primary file's events over all of its files, so each chunk of a primary
 file overlaps every fragment of the friend's index, and takes a small slice of each. This times that
 lookup alone, in memory, on generated CMS keys: `--fragments` fragments of `--entries` sorted keys each
-(the friend), and chunks of `--chunk` keys drawn from the same events (the primary). Run it in two
-checkouts to compare them (`git worktree add DIR <rev>`; `python DIR/benchmarks/bench_candidates.py`).
+(the friend), and chunks of `--chunk` keys drawn from the same events (the primary). It also times the
+duplicate check a worker runs once per friend it loads (`DatasetIndex.check_duplicates`), for that regrouped
+friend and for the same events laid out as the primary's files are (each file its own range of events: an
+aligned or reordered friend). Run it in two checkouts to compare them (`git worktree add DIR <rev>`;
+`python DIR/benchmarks/bench_candidates.py`).
 
 Usage: python benchmarks/bench_candidates.py [--fragments N] [--entries N] [--chunk N] [--repeats N]
 """
@@ -24,12 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from joiner.index import DatasetIndex, KeyFragment
 from joiner.keys import column_ranges
 from joiner.sources import FileIdentity
+from joiner.spec import DuplicatePolicy
 
 
-def friend_index(fragments: int, entries: int, rng: np.random.Generator) -> tuple[DatasetIndex, np.ndarray]:
-    """A regrouped friend's index (every event in one random fragment) and all of its event numbers."""
+def friend_index(
+    fragments: int, entries: int, rng: np.random.Generator, *, regrouped: bool = True
+) -> tuple[DatasetIndex, np.ndarray]:
+    """A friend's index and all of its event numbers: regrouped (every event in a random fragment), or
+    each fragment a consecutive range of events."""
     events = np.sort(rng.choice(10**10, fragments * entries, replace=False)).astype(np.uint64)
-    where = rng.permutation(len(events)).reshape(fragments, entries)
+    where = (rng.permutation(len(events)) if regrouped else np.arange(len(events))).reshape(fragments, entries)
     parts = []
     for position, rows in enumerate(where):
         event = np.sort(events[rows])
@@ -66,6 +73,15 @@ def main() -> int:
           f"({found} candidate rows each)")
     print(f"candidates(): median {1000 * statistics.median(times):.1f} ms of {args.repeats} chunks "
           f"(min {1000 * min(times):.1f}, max {1000 * max(times):.1f})")
+    in_ranges, _ = friend_index(args.fragments, args.entries, rng, regrouped=False)
+    layouts = {"regrouped": index, "in file ranges": in_ranges}
+    for layout, friend in layouts.items():
+        checks = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            friend.check_duplicates(DuplicatePolicy.ERROR)
+            checks.append(time.perf_counter() - t0)
+        print(f"check_duplicates(), {layout}: median {1000 * statistics.median(checks):.1f} ms")
     return 0
 
 

@@ -354,23 +354,63 @@ class DatasetIndex:
         return describe
 
     def check_duplicates(self, policy: DuplicatePolicy) -> None:
-        """Refuse keys present twice anywhere in the dataset (unless `duplicates: first`)."""
-        if policy is DuplicatePolicy.FIRST or not self.fragments:
+        """Refuse keys present twice anywhere in the dataset (unless `duplicates: first`).
+
+        A key can repeat only inside one fragment (as neighbours: its keys are sorted) or between
+        fragments whose key ranges overlap. So the fragments are taken in groups that overlap, and only a
+        group of several, or a fragment with equal neighbours, is merged and checked, naming the keys and
+        their files. A friend in the primary's file layout (aligned, reordered: each file its own range of
+        events) is then checked in one pass over its keys, without a copy of the whole index or its sort.
+        """
+        if policy is DuplicatePolicy.FIRST:
             return
-        everything = Candidates(
-            [np.concatenate([f.keys[i] for f in self.fragments]) for i in range(len(self.fragments[0].key_columns))],
-            np.concatenate([np.full(f.num_entries, p, dtype=np.int64) for p, f in enumerate(self.fragments)]),
-            np.concatenate([f.entries for f in self.fragments]),
+        for group in self._overlapping_groups():
+            if len(group) == 1 and not _has_equal_neighbours(self.fragments[group[0]].keys):
+                continue
+            members = [(p, self.fragments[p]) for p in group]
+            rows = Candidates(
+                [np.concatenate([f.keys[i] for _, f in members]) for i in range(len(members[0][1].keys))],
+                np.concatenate([np.full(f.num_entries, p, dtype=np.int64) for p, f in members]),
+                np.concatenate([f.entries for _, f in members]),
+            )
+            match_keys(
+                [np.zeros(0, dtype=c.dtype) for c in rows.keys],
+                rows.keys,
+                How.INNER,
+                duplicates=policy,
+                right_name=f"dataset {self.name!r}",
+                right_origin=self.origin(rows),
+            )
+
+    def _overlapping_groups(self) -> list[list[int]]:
+        """Positions of the non-empty fragments, in groups whose [min, max] key ranges overlap (by chains)."""
+        spans = sorted(
+            (fragment.min_key, fragment.max_key, position)
+            for position, fragment in enumerate(self.fragments)
+            if fragment.num_entries
         )
-        empty = [np.zeros(0, dtype=c.dtype) for c in everything.keys]
-        match_keys(
-            empty,
-            everything.keys,
-            How.INNER,
-            duplicates=policy,
-            right_name=f"dataset {self.name!r}",
-            right_origin=self.origin(everything),
-        )
+        groups: list[list[int]] = []
+        reach: KeyTuple | None = None
+        for low, high, position in spans:
+            assert low is not None
+            assert high is not None
+            if reach is not None and low <= reach:
+                groups[-1].append(position)
+                reach = max(reach, high)
+            else:
+                groups.append([position])
+                reach = high
+        return groups
+
+
+def _has_equal_neighbours(keys: Sequence[npt.NDArray[np.integer]]) -> bool:
+    """Whether sorted key columns hold the same key twice in a row."""
+    if len(keys[0]) < 2:
+        return False
+    equal = np.ones(len(keys[0]) - 1, dtype=bool)
+    for column in keys:
+        equal &= column[1:] == column[:-1]
+    return bool(equal.any())
 
 
 def load_fragment(

@@ -11,8 +11,10 @@ import pytest
 import uproot
 
 from joiner.datagen import generate_dataset, generate_friends
-from joiner.index import KeyFragment, build_fragment
+from joiner.errors import DuplicateKeyError
+from joiner.index import DatasetIndex, KeyFragment, build_fragment
 from joiner.sources import FileIdentity, open_source
+from joiner.spec import DuplicatePolicy
 
 KEYS = ["run", "luminosityBlock", "event"]
 
@@ -67,3 +69,35 @@ def test_rows_between_is_the_slice_of_keys_within_the_bounds(wide: bool) -> None
         inside = [i for i, key in enumerate(as_tuples) if low <= key <= high]
         assert (start, stop) == ((inside[0], inside[-1] + 1) if inside else (start, start))
     assert fragment.rows_between(as_tuples[-1], as_tuples[-1]) == (n - 1, n)
+
+
+def _fragment_of(name: str, events: list[int]) -> KeyFragment:
+    order = np.argsort(np.array(events, dtype=np.uint64), kind="stable")
+    event = np.array(events, dtype=np.uint64)[order]
+    keys = [np.ones(len(event), np.uint32), np.ones(len(event), np.uint32), event]
+    return KeyFragment(
+        identity=FileIdentity(name, 1, name), tree="Friends", key_columns=tuple(KEYS), num_entries=len(event),
+        keys=keys, entries=order.astype(np.int64), first_key=None, last_key=None,
+    )
+
+
+def test_duplicates_are_found_within_a_fragment_and_across_any_that_overlap() -> None:
+    # the check merges only fragments whose key ranges overlap (by chains) and a fragment with equal
+    # neighbours; a key twice is still found wherever it is, with both of its files named
+    def check(*fragments: KeyFragment) -> None:
+        DatasetIndex("friend", [f.identity.path for f in fragments], list(fragments)).check_duplicates(
+            DuplicatePolicy.ERROR
+        )
+
+    disjoint = [_fragment_of("a.root", [1, 2, 3]), _fragment_of("b.root", [10, 11]), _fragment_of("c.root", [4, 9])]
+    check(*disjoint)
+    check(_fragment_of("empty.root", []), *disjoint)
+    with pytest.raises(DuplicateKeyError, match=r"a\.root \(entry 0\).*a\.root \(entry 3\)"):
+        check(_fragment_of("a.root", [5, 6, 7, 5]), _fragment_of("b.root", [10, 11]))
+    # a spans [1, 100]; b [10, 20] lies inside it, and c [30, 40] after b: c still meets a's 35
+    wide, inner, later = _fragment_of("a.root", [1, 35, 100]), _fragment_of("b.root", [10, 20]), _fragment_of(
+        "c.root", [30, 35, 40])
+    with pytest.raises(DuplicateKeyError, match=r"35.*(a\.root.*c\.root|c\.root.*a\.root)"):
+        check(later, inner, wide)
+    DatasetIndex("friend", ["a.root", "b.root"], [_fragment_of("a.root", [1, 1]), _fragment_of("b.root", [1])]
+                 ).check_duplicates(DuplicatePolicy.FIRST)
