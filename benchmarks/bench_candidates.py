@@ -25,7 +25,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from joiner.index import DatasetIndex, KeyFragment
-from joiner.keys import column_ranges
 from joiner.sources import FileIdentity
 from joiner.spec import DuplicatePolicy
 
@@ -45,7 +44,6 @@ def friend_index(
             identity=FileIdentity(f"friend_{position}.root", 1, f"uuid-{position}"), tree="Friends",
             key_columns=("run", "luminosityBlock", "event"), num_entries=entries, keys=keys,
             entries=np.arange(entries, dtype=np.int64), first_key=None, last_key=None,
-            ranges=tuple(column_ranges(keys) or []),
         ))
     return DatasetIndex("friend", [f"friend_{i}.root" for i in range(fragments)], parts), events
 

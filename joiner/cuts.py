@@ -60,11 +60,10 @@ def evaluate_on_fields(rntuple: Any, expression: str, *, start: int, stop: int, 
     language = uproot.language.python.PythonLanguage()
     available = set(rntuple.keys())
     used = list(dict.fromkeys(language.free_symbols(expression, available, {}, path, tree)))
-    fields = rntuple.arrays(used, entry_start=start, entry_stop=stop, library="ak") if used else None
+    fields = rntuple.arrays(used, entry_start=start, entry_stop=stop, library="ak") if used else {}
     node = _FieldsByName(set(used)).visit(ast.parse(expression.strip(), mode="eval"))
     code = compile(ast.fix_missing_locations(node), f"<primary.cut of {path}>", "eval")
-    scope: dict[str, Any] = {"__builtins__": {}, **language.functions}
-    scope["_fields"] = {name: fields[name] for name in used} if fields is not None else {}
+    scope = {"__builtins__": {}, **language.functions, "_fields": {name: fields[name] for name in used}}
     value = eval(code, scope)  # the spec's cut, as uproot itself evaluates it on a TTree
     if not used:  # a constant cut: one value for every entry
         return ak.Array([bool(value)] * (stop - start))

@@ -30,6 +30,7 @@ from joiner.index import (
     build_dataset_index,
     build_dataset_indexes,
     build_fragment,
+    equal_neighbours,
     has_repeated_keys,
 )
 from joiner.integrity import KeyDigest, verify_collection_lengths, verify_keys
@@ -350,10 +351,7 @@ class _FileJoin:
         """Entries of this file that repeat an earlier key: refused, or (duplicates: first) dropped."""
         if fragment.num_entries < 2:
             return None
-        equal = np.ones(fragment.num_entries - 1, dtype=bool)
-        for column in fragment.keys:
-            equal &= column[1:] == column[:-1]
-        repeats = np.flatnonzero(equal) + 1
+        repeats = np.flatnonzero(equal_neighbours(fragment.keys)) + 1
         if not len(repeats):
             return None
         if self.spec.duplicates is DuplicatePolicy.ERROR:

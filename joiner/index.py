@@ -2,8 +2,8 @@
 
 A dataset's index is a list of fragments, one per file, in the spec's file order. A fragment holds the
 file's keys sorted lexicographically with the entry number of each, the first/last key in entry order (for
-aligned detection), the min/max key and per-column ranges (to find the fragments that overlap a primary
-file), and the file's identity. Fragments serialise to Parquet and are cached under content-addressed names
+aligned detection), its min/max key (to find the fragments that overlap a primary file's keys), and the
+file's identity. Fragments serialise to Parquet and are cached under content-addressed names
 (`fragment_name`) in any `FragmentStore`: the object store in a ServiceX deployment, a local directory for
 the command line. A fragment is written as one object, so a reader never sees half of one; builders that
 race produce identical bytes. The format carries a version: a new version never reads an old index.
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from joiner.arrow_arrays import arrow_to_numpy, numpy_to_arrow
 from joiner.errors import InputFileError
-from joiner.keys import ColumnRange, KeyPacker, column_ranges, lexicographic_order, union_ranges
+from joiner.keys import KeyPacker, column_ranges, lexicographic_order, union_ranges
 from joiner.merge import match_keys, sort_packed
 from joiner.sources import FileIdentity, StorageOptions, TableSource, file_identity, open_source, source_format
 from joiner.spec import DuplicatePolicy, FileFormat, How, KeyBranches
@@ -88,7 +88,6 @@ class KeyFragment:
     entries: npt.NDArray[np.int64]
     first_key: KeyTuple | None
     last_key: KeyTuple | None
-    ranges: tuple[ColumnRange, ...] | None = field(default=None)
 
     @property
     def min_key(self) -> KeyTuple | None:
@@ -189,7 +188,6 @@ class KeyFragment:
             entries=arrow_to_numpy(table.column("__entry__")).astype(np.int64),
             first_key=tuple(meta["first_key"]) if meta["first_key"] is not None else None,
             last_key=tuple(meta["last_key"]) if meta["last_key"] is not None else None,
-            ranges=tuple(column_ranges(keys) or []) or None,
         )
 
 
@@ -216,7 +214,6 @@ def build_fragment(source: TableSource, key_columns: Sequence[str], *, chunk: in
         entries=order.astype(np.int64),
         first_key=first,
         last_key=last,
-        ranges=tuple(column_ranges(sorted_keys) or []) or None,
     )
 
 
@@ -365,7 +362,7 @@ class DatasetIndex:
         if policy is DuplicatePolicy.FIRST:
             return
         for group in self._overlapping_groups():
-            if len(group) == 1 and not _has_equal_neighbours(self.fragments[group[0]].keys):
+            if len(group) == 1 and not equal_neighbours(self.fragments[group[0]].keys).any():
                 continue
             members = [(p, self.fragments[p]) for p in group]
             rows = Candidates(
@@ -403,14 +400,12 @@ class DatasetIndex:
         return groups
 
 
-def _has_equal_neighbours(keys: Sequence[npt.NDArray[np.integer]]) -> bool:
-    """Whether sorted key columns hold the same key twice in a row."""
-    if len(keys[0]) < 2:
-        return False
-    equal = np.ones(len(keys[0]) - 1, dtype=bool)
+def equal_neighbours(keys: Sequence[npt.NDArray[np.integer]]) -> npt.NDArray[np.bool_]:
+    """For sorted key columns, whether each row's key equals the next row's (one flag fewer than rows)."""
+    equal = np.ones(max(len(keys[0]) - 1, 0), dtype=bool)
     for column in keys:
         equal &= column[1:] == column[:-1]
-    return bool(equal.any())
+    return equal
 
 
 def load_fragment(
